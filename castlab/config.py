@@ -1,0 +1,232 @@
+"""Typed, validated configs with YAML round-trip, and content-hashed run ids.
+
+``from_dict`` checks every field against its annotation and names the offending field and what
+is allowed, so a bad sweep or run file fails with one line instead of a traceback later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from castlab.errors import UserError
+
+TRAINED_METHODS = ("dense", "dense-kd", "cast", "sr-ste", "ast")
+ONESHOT_METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = TRAINED_METHODS + ONESHOT_METHODS
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp`` (ints accepted for floats); raise UserError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except UserError:
+                continue
+    elif origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            (item_type, *_) = typing.get_args(tp) or (Any,)
+            items = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+            return tuple(items) if origin is tuple else items
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return from_dict(tp, value, where)
+        if isinstance(value, tp):
+            return value
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise UserError(f"{where}: got {value!r}, allowed {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are UserErrors."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(fields)})")
+    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise UserError(f"{where}: missing required key '{missing[0]}'")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(where)
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-data dict of a dataclass (tuples become lists) suitable for YAML/JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def save_yaml(obj: Any, path: str | Path) -> None:
+    """Write a dataclass as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def load_yaml(cls: type, path: str | Path) -> Any:
+    """Read and validate a dataclass from a YAML file; bad YAML or fields are UserErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: invalid YAML{at}: {getattr(err, 'problem', err)}") from None
+    return from_dict(cls, data if data is not None else {}, where=str(path))
+
+
+def content_hash(data: Any, length: int = 12) -> str:
+    """Stable short hash of plain data (sorted-key JSON)."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def parse_count(value: int | float | str, where: str) -> int:
+    """Parse a token count such as 2000000, '2M', '500k', '1.5G' into an int."""
+    if isinstance(value, bool):
+        raise UserError(f"{where}: got {value!r}, allowed a positive count like 2000000 or '2M'")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        text = str(value).strip().upper()
+        scale = {"K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9}.get(text[-1:], 1.0)
+        try:
+            number = float(text[:-1] if scale != 1.0 else text) * scale
+        except ValueError:
+            raise UserError(
+                f"{where}: got {value!r}, allowed a positive count like 2000000 or '2M'"
+            ) from None
+    if not number > 0:
+        raise UserError(f"{where}: got {value!r}, allowed a positive count")
+    return int(round(number))
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines one training (or one-shot pruning) run."""
+
+    method: Literal["dense", "dense-kd", "cast", "sr-ste", "ast", "magnitude", "wanda", "sparsegpt"]
+    model: str  # ladder preset (e.g. opt-100k), local model dir, or HF name
+    init: str | None = None  # dense starting point / teacher (dir or HF name); None: fresh preset
+    tokens: int | str = "1M"  # training budget (0 allowed only for one-shot methods)
+    corpus: str = "default"
+    vocab_size: int = 8192
+    seq_len: int = 128
+    batch_size: int = 16
+    lr: float | None = None  # None: from the teacher's schedule (see train.resolve_lr)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_frac: float = 0.05
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
+    weight_decay: float = 0.0  # AdamW decoupled decay (dense pretraining only)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    lambda_: float | Literal["auto"] = "auto"  # AdamS L1 decay coefficient
+    lambda_auto_factor: float = 1.0  # auto: lambda = factor * median |grad| of in-scope weights
+    eta: float = 1.0 / 3.0  # KD weight on KL(teacher || student)
+    kd_temperature: float = 1.0
+    t1: int = 10  # mask refresh interval in steps
+    scale_blocks: int = 2  # n of the R x n weight-scaling module (0 disables)
+    nm_n: int = 2
+    nm_m: int = 4
+    srste_decay: float = 2e-4  # SR-STE sparse-refined decay lambda_W
+    calib_sequences: int = 64  # Wanda / SparseGPT calibration windows from the train split
+    sparsegpt_damp: float = 0.01
+    seed: int = 0
+    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast forward, fp32 masters
+    eval_every: int = 50  # steps
+    eval_tokens: int = 65536  # validation tokens for periodic evals (final eval uses the full split)
+    checkpoint_every: int = 200  # steps; 0 disables
+    threads: int = 0  # torch threads; 0 leaves the default
+    sweep: str = "adhoc"
+
+    def validate(self, where: str = "config") -> None:
+        """Cross-field checks with messages naming the field."""
+        self.tokens = parse_count(self.tokens, f"{where}.tokens") if self.tokens not in (0, "0") else 0
+        positive = {"vocab_size": self.vocab_size, "seq_len": self.seq_len,
+                    "batch_size": self.batch_size, "t1": self.t1, "nm_m": self.nm_m,
+                    "nm_n": self.nm_n, "eval_tokens": self.eval_tokens, "eval_every": self.eval_every}
+        for name, value in positive.items():
+            if value <= 0:
+                raise UserError(f"{where}.{name}: got {value}, allowed a positive integer")
+        if self.tokens == 0 and self.method in TRAINED_METHODS:
+            raise UserError(f"{where}.tokens: got 0, allowed a positive budget for method {self.method}")
+        if self.nm_n >= self.nm_m:
+            raise UserError(f"{where}.nm_n: got {self.nm_n}, allowed 1..nm_m-1 (nm_m={self.nm_m})")
+        if not 0.0 <= self.eta <= 1.0:
+            raise UserError(f"{where}.eta: got {self.eta}, allowed 0..1")
+        if self.lr is not None and not self.lr > 0:
+            raise UserError(f"{where}.lr: got {self.lr}, allowed a positive number or null")
+        if isinstance(self.lambda_, float) and self.lambda_ < 0:
+            raise UserError(f"{where}.lambda_: got {self.lambda_}, allowed >= 0 or 'auto'")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise UserError(f"{where}.warmup_frac: got {self.warmup_frac}, allowed [0, 1)")
+        if self.kd_temperature <= 0:
+            raise UserError(f"{where}.kd_temperature: got {self.kd_temperature}, allowed > 0")
+        if self.scale_blocks < 0:
+            raise UserError(f"{where}.scale_blocks: got {self.scale_blocks}, allowed >= 0")
+        if self.method != "dense" and self.init is None and not self.model:
+            raise UserError(f"{where}.init: method {self.method} needs a dense starting model")
+
+    def run_id(self) -> str:
+        """Content hash of every setting that changes the result (not sweep name, not paths)."""
+        semantic = {k: v for k, v in to_dict(self).items() if k not in {"sweep", "threads"}}
+        return f"{self.method}-{content_hash(semantic)}"
