@@ -171,7 +171,9 @@ class TrainConfig:
     vocab_size: int = 8192
     seq_len: int = 128
     batch_size: int = 16
-    lr: float | None = None  # None: from the teacher's schedule (see train.resolve_lr)
+    lr: float | None = None  # None: dense -> dense_lr; others -> from the teacher (train.resolve_lr)
+    dense_lr: float = 3e-3  # default peak lr of dense pretraining from scratch
+    lr_teacher_fraction: float = 0.1  # default peak lr of a continued run, x the teacher's peak lr
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     warmup_frac: float = 0.05
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak

@@ -89,7 +89,7 @@ def load_pretrained(name_or_path: str | Path, dtype: torch.dtype = torch.float32
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(str(name_or_path), torch_dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(

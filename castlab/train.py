@@ -1,0 +1,455 @@
+"""The training loop for every castlab method, and one-shot pruning runs.
+
+``run_training(config, run_dir)`` is the whole contract the sweep relies on: it writes
+``config.yaml`` first, a checkpoint while running (resumed bit-exactly when present),
+``curve.parquet`` and ``model/`` at the end, and ``result.parquet`` LAST (its presence means done).
+A run that fails (NaN loss, failed N:M verification, a crash) still writes a row with
+``status='failed'`` and the reason. Under ``torchrun`` the same loop runs DDP (gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from castlab import __version__
+from castlab.config import ONESHOT_METHODS, TrainConfig, load_yaml, save_yaml
+from castlab.errors import UserError
+from castlab.evaluate import autocast_context, check_seq_len, perplexity
+from castlab.methods import make_method
+from castlab.models import build_preset, count_parameters, in_scope_linears, is_preset, load_pretrained
+
+
+class RunFailed(Exception):
+    """A run that cannot produce a valid result (NaN loss, failed verification)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# small pure pieces
+
+
+def lr_at(step: int, total_steps: int, peak: float, schedule: str, warmup_frac: float,
+          min_ratio: float) -> float:
+    """Learning rate of ``step``: linear warmup, then cosine to ``min_ratio * peak`` (or constant)."""
+    warmup = int(warmup_frac * total_steps)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if schedule == "constant":
+        return peak
+    progress = (step - warmup) / max(1, total_steps - warmup - 1)
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def total_steps_for(cfg: TrainConfig) -> int:
+    """Optimizer steps that spend the token budget (the last step may overshoot by < 1 batch)."""
+    return max(1, math.ceil(int(cfg.tokens) / (cfg.batch_size * cfg.seq_len)))
+
+
+def resolve_lr(cfg: TrainConfig) -> float:
+    """Peak lr: explicit, else dense_lr for pretraining, else a fraction of the teacher's peak.
+
+    Re-warming a continued run to a pretraining-sized peak made even dense-KD worse than its
+    teacher for its first ~128k tokens here, so continued runs start from the teacher's schedule.
+    """
+    if cfg.lr is not None:
+        return cfg.lr
+    if cfg.method == "dense" and cfg.init is None:
+        return cfg.dense_lr
+    teacher_cfg = Path(cfg.init or "").parent / "config.yaml"
+    if cfg.init and teacher_cfg.is_file():
+        teacher = load_yaml(TrainConfig, teacher_cfg)
+        return resolve_lr(teacher) * cfg.lr_teacher_fraction
+    raise UserError(f"lr: the starting model '{cfg.init}' has no castlab training config; "
+                    "give lr explicitly (e.g. --lr 2e-5 for an HF checkpoint)")
+
+
+def git_sha() -> str:
+    """The commit of the castlab checkout in use, or 'unknown'."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# setup
+
+
+@dataclass
+class RunContext:
+    """Everything a run holds while it trains."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    model: torch.nn.Module
+    tokenizer: object
+    train_tokens: torch.Tensor
+    val_tokens: torch.Tensor
+    test_tokens: torch.Tensor
+    teacher: torch.nn.Module | None = None
+    rank: int = 0
+    world: int = 1
+    curve: list[dict] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        """Only rank 0 writes files."""
+        return self.rank == 0
+
+
+def load_data_and_model(cfg: TrainConfig):
+    """Corpus, tokenizer, token streams and the starting model for ``cfg``."""
+    from transformers import AutoTokenizer
+
+    from castlab.data import get_tokenizer, load_corpus, split_token_ids
+
+    corpus = load_corpus(cfg.corpus)
+    if cfg.init is None:
+        if not is_preset(cfg.model):
+            raise UserError(f"model: '{cfg.model}' is not a ladder preset; dense pretraining from "
+                            "scratch needs a preset (give init to continue an existing model)")
+        tokenizer, _ = get_tokenizer(corpus, vocab_size=cfg.vocab_size)
+        model = build_preset(cfg.model, len(tokenizer), seed=cfg.seed,
+                             pad_token_id=tokenizer.pad_token_id,
+                             bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+    else:
+        model = load_pretrained(cfg.init)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.init)
+        except (OSError, ValueError) as err:
+            raise UserError(f"init: no tokenizer found with model '{cfg.init}' ({err})") from None
+    check_seq_len(model, cfg.seq_len)
+    streams = {s: split_token_ids(corpus, s, tokenizer) for s in ("train", "validation", "test")}
+    return model, tokenizer, streams
+
+
+def measure_auto_lambda(model, teacher, stream, cfg: TrainConfig, batches: int = 4) -> float:
+    """lambda = factor x mean |gradient| of the in-scope weights at the starting point.
+
+    CAST's guidance is "lambda of the order of the gradients": the blended moment
+    (1-a)m + a*lambda*sign(theta) then hands over from the loss gradient to the decay as a -> 1.
+    Measured on throwaway batches (a separate stream seed) so training data is untouched.
+    """
+    from castlab.data import PackedStream
+
+    probe = PackedStream(stream, cfg.seq_len, cfg.batch_size, seed=cfg.seed + 10_007)
+    weights = [lin.weight for _, lin in in_scope_linears(model)]
+    model.zero_grad(set_to_none=True)
+    for _ in range(batches):
+        loss = step_loss(model, teacher, probe.next_batch(), cfg)
+        (loss / batches).backward()
+    mean_abs = torch.cat([w.grad.abs().reshape(-1) for w in weights]).mean().item()
+    model.zero_grad(set_to_none=True)
+    return cfg.lambda_auto_factor * mean_abs
+
+
+def step_loss(model, teacher, batch: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Cross-entropy, or KD (eta * KL(teacher||student) + (1-eta) * CE) when a teacher is given."""
+    device = next(model.parameters()).device
+    with autocast_context(cfg.dtype, device):
+        logits = model(input_ids=batch).logits[:, :-1]
+    labels = batch[:, 1:]
+    if teacher is None:
+        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1))
+    from castlab.sparsity.distill import kd_loss, teacher_logits
+
+    with autocast_context(cfg.dtype, device):
+        t_logits = teacher_logits(teacher, batch)[:, :-1]
+    return kd_loss(logits.float(), t_logits.float(), labels, eta=cfg.eta,
+                   temperature=cfg.kd_temperature).total
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def run_training(cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
+                 stop_after: int | None = None) -> dict | None:
+    """Train (or one-shot prune) one run into ``run_dir`` and return its result row.
+
+    ``stop_after`` ends the process's work after that many steps with a checkpoint and no row
+    (used to test resume); a later call continues from the checkpoint.
+    """
+    from castlab import store
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = _init_distributed()
+    if rank == 0:
+        save_yaml(cfg, run_dir / "config.yaml")
+        store.mark_running(run_dir)
+    started = time.time()
+    try:
+        row = _run(cfg, run_dir, progress and rank == 0, stop_after, rank, world, started)
+    except (RunFailed, FloatingPointError) as err:
+        row = _failed_row(cfg, str(err), started)
+    except UserError:
+        if rank == 0:
+            store.clear_running(run_dir)
+        raise
+    except Exception as err:  # a crash fails this run, not the sweep that launched it
+        row = _failed_row(cfg, f"{type(err).__name__}: {err}", started)
+    if rank == 0:
+        if row is not None:
+            store.write_row(run_dir, row)
+        store.clear_running(run_dir)
+    return row
+
+
+def _init_distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _failed_row(cfg: TrainConfig, reason: str, started: float) -> dict:
+    return {"run_id": cfg.run_id(), "sweep": cfg.sweep, "method": cfg.method, "model": cfg.model,
+            "seed": cfg.seed, "status": "failed", "reason": reason[:500],
+            "wall_seconds": time.time() - started, **_versions()}
+
+
+def _versions() -> dict:
+    import transformers
+
+    return {"castlab_version": __version__, "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__, "git_sha": git_sha()}
+
+
+def _run(cfg, run_dir, progress, stop_after, rank, world, started) -> dict | None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run_id = cfg.run_id()  # of the config as given (lambda 'auto' stays 'auto' in the id)
+    model, tokenizer, streams = load_data_and_model(cfg)
+    ctx = RunContext(cfg, run_dir, model, tokenizer, streams["train"], streams["validation"],
+                     streams["test"], rank=rank, world=world)
+    teacher_eval = perplexity(model, ctx.val_tokens, cfg.seq_len, dtype=cfg.dtype)
+    ctx.extras["teacher_eval"] = teacher_eval if cfg.init is not None else None
+    ctx.extras["run_id"] = run_id
+    if cfg.method in ONESHOT_METHODS:
+        return _oneshot(ctx, started)
+    return _train(ctx, started, progress, stop_after)
+
+
+def _oneshot(ctx: RunContext, started: float) -> dict:
+    """Magnitude / Wanda / SparseGPT: prune the starting model with calibration data, no training."""
+    from castlab.data import PackedStream
+    from castlab.sparsity.finalize import finalize
+    from castlab.sparsity.oneshot import ONESHOT_PRUNERS
+
+    cfg = ctx.cfg
+    calib_stream = PackedStream(ctx.train_tokens, cfg.seq_len, cfg.calib_sequences, seed=cfg.seed)
+    calib = calib_stream.next_batch()
+    t0 = time.time()
+    opts = {"damp": cfg.sparsegpt_damp} if cfg.method == "sparsegpt" else {}
+    masks = ONESHOT_PRUNERS[cfg.method](ctx.model, calib, n=cfg.nm_n, m=cfg.nm_m, **opts)
+    report = finalize(ctx.model, cfg.nm_n, cfg.nm_m, masks=masks)
+    ctx.extras["train_seconds"] = time.time() - t0
+    ctx.extras["loss_before_prune"] = ctx.extras["teacher_eval"].loss
+    ctx.extras["finalize"] = report
+    ctx.extras["masks"] = masks
+    return _finish(ctx, started, steps=0)
+
+
+def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | None) -> dict | None:
+    from castlab.data import PackedStream
+
+    cfg, model = ctx.cfg, ctx.model
+    method = make_method(cfg)
+    total = total_steps_for(cfg)
+    peak_lr = resolve_lr(cfg)
+    teacher = None
+    if method.uses_teacher:
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    ckpt_path = ctx.run_dir / "checkpoint" / "state.pt"
+    state = torch.load(ckpt_path, weights_only=False) if ckpt_path.is_file() else None
+    if cfg.lambda_ == "auto" and method.sparse:
+        lam = state["lambda"] if state else measure_auto_lambda(model, teacher, ctx.train_tokens, cfg)
+        cfg = replace(cfg, lambda_=lam)
+        method.cfg = cfg
+    optimizer = method.build_optimizer(model, peak_lr, total)
+    if ctx.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    stream = PackedStream(ctx.train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed)
+    start_step, train_seconds = 0, 0.0
+    if state is not None:
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        stream.load_state_dict(state["stream"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        start_step, train_seconds, ctx.curve = state["step"], state["train_seconds"], state["curve"]
+    elif method.sparse and ctx.is_main:
+        _decay_budget_warning(ctx, optimizer, peak_lr, total)
+    ctx.extras.update(peak_lr=peak_lr, lambda_=cfg.lambda_, total_steps=total)
+
+    bar = tqdm(total=total, initial=start_step, desc=f"{cfg.method} {cfg.model}", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    step = start_step
+    while step < total:
+        t0 = time.perf_counter()
+        lr = lr_at(step, total, peak_lr, cfg.lr_schedule, cfg.warmup_frac, cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        method.before_forward(step)
+        batch = stream.next_batch()
+        if ctx.world > 1:  # every rank draws the same global batch and keeps its own rows
+            batch = batch[ctx.rank::ctx.world]
+        loss = step_loss(model, teacher, batch, cfg)
+        if not torch.isfinite(loss):
+            raise RunFailed(f"loss became {loss.item()} at step {step}")
+        loss.backward()
+        method.after_backward(step)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_seconds += time.perf_counter() - t0
+        step += 1
+        record = {"step": step, "tokens": step * cfg.batch_size * cfg.seq_len,
+                  "train_loss": loss.item(), "lr": lr}
+        if step % cfg.eval_every == 0 or step == total:
+            record["eval_loss"] = perplexity(_unwrap(model), ctx.val_tokens, cfg.seq_len,
+                                             dtype=cfg.dtype, max_tokens=cfg.eval_tokens).loss
+            record.update(method.diagnostics())
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", eval=f"{record['eval_loss']:.3f}")
+        ctx.curve.append(record)
+        bar.update(1)
+        stop_now = stop_after is not None and step - start_step >= stop_after and step < total
+        if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or stop_now) and ctx.is_main:
+            _save_checkpoint(ckpt_path, _unwrap(model), optimizer, stream, step, train_seconds,
+                             ctx.curve, cfg)
+        if stop_now:
+            bar.close()
+            return None
+    bar.close()
+    model = _unwrap(model)
+    ctx.extras["train_seconds"] = train_seconds
+    if method.sparse:
+        ctx.extras["loss_before_prune"] = perplexity(model, ctx.val_tokens, cfg.seq_len,
+                                                     dtype=cfg.dtype).loss
+        ctx.extras["diagnostics"] = method.diagnostics()
+        ctx.extras["flip_rates"] = [r["mask_flip_rate"] for r in ctx.curve if "mask_flip_rate" in r]
+    ctx.extras["finalize"] = method.finalize(model)
+    ctx.cfg = cfg
+    return _finish(ctx, started, steps=total)
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _save_checkpoint(path, model, optimizer, stream, step, train_seconds, curve, cfg) -> None:
+    """One dict, written atomically: model, optimizer, data position, RNG, step, curve."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_torch_save({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "stream": stream.state_dict(), "step": step, "train_seconds": train_seconds,
+        "curve": curve, "lambda": cfg.lambda_,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                "python": random.getstate()},
+    }, path)
+
+
+def _decay_budget_warning(ctx: RunContext, optimizer, peak_lr: float, total: int) -> None:
+    """Warn when sum_t lr_t * t/T is below the typical |theta| the mask would prune."""
+    from castlab.sparsity.adams import decay_budget_warning
+
+    cfg = ctx.cfg
+    schedule = [lr_at(t, total, peak_lr, cfg.lr_schedule, cfg.warmup_frac, cfg.min_lr_ratio)
+                for t in range(total)]
+    message = decay_budget_warning(optimizer, schedule, total)
+    ctx.extras["decay_budget_warning"] = message
+    if message:
+        tqdm.write(f"castlab train: warning: {message}")
+
+
+def _finish(ctx: RunContext, started: float, steps: int) -> dict:
+    """Final evals, save the model, and build the result row (the caller writes it last)."""
+    from castlab import store
+
+    cfg, model, extras = ctx.cfg, ctx.model, ctx.extras
+    report = extras.get("finalize")
+    final = perplexity(model, ctx.val_tokens, cfg.seq_len, dtype=cfg.dtype)
+    test = perplexity(model, ctx.test_tokens, cfg.seq_len, dtype=cfg.dtype)
+    if not math.isfinite(final.loss):
+        raise RunFailed(f"final eval loss is {final.loss}")
+    if ctx.is_main:
+        _save_model(ctx, report)
+        if ctx.curve:
+            store.write_curve(ctx.run_dir, ctx.curve)
+    counts = count_parameters(model)
+    teacher_eval = extras.get("teacher_eval")
+    sparse = report is not None
+    before = extras.get("loss_before_prune", final.loss if not sparse else float("nan"))
+    diagnostics = extras.get("diagnostics", {})
+    flips = extras.get("flip_rates", [])
+    tokens = steps * cfg.batch_size * cfg.seq_len
+    train_seconds = extras.get("train_seconds", 0.0)
+    return {
+        "run_id": extras["run_id"], "sweep": cfg.sweep, "method": cfg.method, "model": cfg.model,
+        "init": cfg.init or "",
+        "params_total": counts.total, "params_non_embedding": counts.non_embedding,
+        "params_in_scope": counts.in_scope, "params_nonzero": counts.nonzero_in_scope,
+        "sparsity": 1 - cfg.nm_n / cfg.nm_m if sparse else 0.0,
+        "nm_n": cfg.nm_n if sparse else 0, "nm_m": cfg.nm_m if sparse else 0,
+        "tokens": tokens, "tokens_per_param": tokens / counts.non_embedding,
+        "steps": steps, "seq_len": cfg.seq_len, "batch_size": cfg.batch_size,
+        "lr": extras.get("peak_lr", float("nan")), "schedule": cfg.lr_schedule,
+        "lambda_": float(extras.get("lambda_", float("nan"))) if extras.get("lambda_") != "auto"
+        else float("nan"),
+        "eta": cfg.eta, "kd_temperature": cfg.kd_temperature, "t1": cfg.t1,
+        "scale_blocks": cfg.scale_blocks, "seed": cfg.seed, "dtype": cfg.dtype,
+        "teacher_eval_loss": teacher_eval.loss if teacher_eval else float("nan"),
+        "teacher_ppl": teacher_eval.ppl if teacher_eval else float("nan"),
+        "eval_loss": final.loss, "ppl": final.ppl, "eval_tokens": final.tokens,
+        "test_loss": test.loss, "test_ppl": test.ppl,
+        "loss_before_prune": before,
+        "prune_shock": final.loss - before if sparse else 0.0,
+        "exact_nm": bool(sparse),
+        "masked_kept_ratio": diagnostics.get("masked_kept_ratio",
+                                             getattr(report, "masked_kept_ratio", float("nan"))),
+        "mask_flip_rate": float(np.mean(flips)) if flips else float("nan"),
+        "decay_budget_warning": extras.get("decay_budget_warning") or "",
+        "wall_seconds": time.time() - started, "train_seconds": train_seconds,
+        "tokens_per_second": tokens / train_seconds if train_seconds > 0 else float("nan"),
+        "status": "ok", "reason": "", **_versions(),
+    }
+
+
+def _save_model(ctx: RunContext, report) -> None:
+    """save_pretrained + tokenizer (+ bit-packed mask file for sparse models)."""
+    out = ctx.run_dir / "model"
+    if report is None:
+        ctx.model.save_pretrained(out)
+        ctx.tokenizer.save_pretrained(out)
+        return
+    from castlab.sparsity.finalize import save_finalized
+
+    save_finalized(ctx.model, ctx.tokenizer, out, getattr(report, "masks", None)
+                   or ctx.extras.get("masks"), ctx.cfg.nm_n, ctx.cfg.nm_m)
+

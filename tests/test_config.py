@@ -1,0 +1,42 @@
+import pytest
+
+from castlab.config import TrainConfig, from_dict, load_yaml, parse_count, save_yaml
+from castlab.errors import UserError
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = from_dict(TrainConfig, {"method": "cast", "model": "opt-100k", "tokens": "2M",
+                                  "lambda_": 0.05, "betas": [0.9, 0.95]})
+    save_yaml(cfg, tmp_path / "c.yaml")
+    back = load_yaml(TrainConfig, tmp_path / "c.yaml")
+    assert back == cfg
+    assert back.tokens == 2_000_000 and back.betas == (0.9, 0.95)
+    assert back.run_id() == cfg.run_id()
+
+
+def test_run_id_ignores_sweep_name_but_not_settings():
+    a = TrainConfig(method="cast", model="opt-100k", tokens=1000)
+    b = TrainConfig(method="cast", model="opt-100k", tokens=1000, sweep="other")
+    c = TrainConfig(method="cast", model="opt-100k", tokens=1000, seed=1)
+    assert a.run_id() == b.run_id() != c.run_id()
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"method": "cast", "model": "m", "tokens": -5}, "tokens: got -5, allowed a positive"),
+    ({"method": "cast", "model": "m", "tokens": "lots"}, "tokens: got 'lots'"),
+    ({"method": "cast", "model": "m", "speed": 3}, "unknown key 'speed'"),
+    ({"method": "prune", "model": "m"}, "method: got 'prune', allowed 'dense'"),
+    ({"method": "cast", "model": "m", "seq_len": "long"}, "seq_len: got 'long', allowed int"),
+    ({"method": "cast", "model": "m", "eta": 2.0}, "eta: got 2.0, allowed 0..1"),
+    ({"method": "cast", "model": "m", "lambda_": "big"}, "lambda_: got 'big'"),
+    ({"model": "m"}, "missing required key 'method'"),
+])
+def test_bad_fields_name_the_field_and_what_is_allowed(data, message):
+    with pytest.raises(UserError, match=message):
+        from_dict(TrainConfig, data, where="train")
+
+
+def test_parse_count_suffixes():
+    assert parse_count("2M", "x") == 2_000_000
+    assert parse_count("1.5k", "x") == 1500
+    assert parse_count(64, "x") == 64
