@@ -19,6 +19,10 @@ from castlab.errors import UserError
 COMMAND_MODULES = [
     "castlab.data.commands",
     "castlab.commands_train",
+    "castlab.bench",
+    "castlab.sweep.commands",
+    "castlab.eval_commands",
+    "castlab.law.commands",
 ]
 
 # Commands that run long numeric loops: worth re-executing under tcmalloc (see maybe_reexec_with_tcmalloc).

@@ -433,7 +433,7 @@ def _finish(ctx: RunContext, started: float, steps: int) -> dict:
         "exact_nm": bool(sparse),
         "masked_kept_ratio": diagnostics.get("masked_kept_ratio",
                                              getattr(report, "masked_kept_ratio", float("nan"))),
-        "mask_flip_rate": float(np.mean(flips)) if flips else float("nan"),
+        "mask_flip_rate": float(np.nanmean(flips)) if np.isfinite(flips).any() else float("nan"),
         "decay_budget_warning": extras.get("decay_budget_warning") or "",
         "wall_seconds": time.time() - started, "train_seconds": train_seconds,
         "tokens_per_second": tokens / train_seconds if train_seconds > 0 else float("nan"),

@@ -1,0 +1,179 @@
+"""`castlab bench`: speed and memory ratios measured side by side in one run, printed as a table.
+
+Each group is a function returning rows {bench, measured, unit, target, ok, note}; groups live in
+the module that owns the code they measure and are registered in ``BENCH_GROUPS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from castlab.errors import UserError
+
+
+def _row(bench: str, measured: float, unit: str, target: str = "", ok: bool | None = None,
+         note: str = "") -> dict:
+    return {"bench": bench, "measured": measured, "unit": unit, "target": target,
+            "ok": ok, "note": note}
+
+
+def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_dense_throughput(preset: str, steps: int = 12, batch: int = 16, seq_len: int = 128,
+                             vocab: int = 8192) -> float:
+    """Tokens/s of fp32 dense AdamW training of a ladder preset on random tokens."""
+    from castlab.models import build_preset
+
+    model = build_preset(preset, vocab_size=vocab)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    data = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+
+    def step():
+        loss = model(input_ids=data, labels=data).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return batch * seq_len / median_seconds(step, steps)
+
+
+def bench_tcmalloc(presets=("opt-100k", "opt-600k", "opt-3m")) -> list[dict]:
+    """Dense pretraining tokens/s per ladder size with and without tcmalloc (child processes)."""
+    from castlab.cli import find_tcmalloc
+
+    lib = find_tcmalloc()
+    if lib is None:
+        return [_row("tcmalloc", float("nan"), "", note="libtcmalloc-minimal4 not installed")]
+    rows = []
+    for preset in presets:
+        rates = {}
+        for label, preload in (("glibc", ""), ("tcmalloc", lib)):
+            env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+            if preload:
+                env["LD_PRELOAD"] = preload
+            code = ("from castlab.bench import measure_dense_throughput as m; "
+                    f"print(m({preset!r}))")
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                 text=True, check=True)
+            rates[label] = float(out.stdout.strip().splitlines()[-1])
+        ratio = rates["tcmalloc"] / rates["glibc"]
+        rows.append(_row(f"dense train {preset} tokens/s (glibc -> tcmalloc)", ratio, "x speed-up",
+                         note=f"{rates['glibc']:.0f} -> {rates['tcmalloc']:.0f} tokens/s, "
+                              "fp32, batch 16 x seq 128, vocab 8192"))
+    return rows
+
+
+def bench_cast_step(preset: str = "opt-1.3m", batch: int = 16, seq_len: int = 128,
+                    vocab: int = 8192, repeats: int = 10) -> list[dict]:
+    """One CAST step vs one AdamW step + frozen-teacher forward + KL on the same model and batch."""
+    import copy
+
+    from castlab.config import TrainConfig
+    from castlab.methods import make_method
+    from castlab.models import build_preset
+    from castlab.sparsity.distill import kd_loss, teacher_logits
+
+    data = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    base = build_preset(preset, vocab_size=vocab)
+    teacher = copy.deepcopy(base).eval().requires_grad_(False)
+
+    def make_step(model, opt):
+        def step():
+            logits = model(input_ids=data).logits[:, :-1]
+            t_logits = teacher_logits(teacher, data)[:, :-1]
+            kd_loss(logits, t_logits, data[:, 1:]).total.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+
+    ref_model = copy.deepcopy(base)
+    ref_opt = torch.optim.AdamW(ref_model.parameters(), lr=1e-4, weight_decay=0.0, foreach=True)
+    cast_model = copy.deepcopy(base)
+    cfg = TrainConfig(method="cast", model=preset, lambda_=0.05, tokens=1000)
+    cast_opt = make_method(cfg).build_optimizer(cast_model, 1e-4, total_steps=1000)
+    steps = {"adamw+kd": make_step(ref_model, ref_opt), "cast": make_step(cast_model, cast_opt)}
+    # interleave so drift in machine load hits both sides alike
+    times = {k: [] for k in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            times[name].append(median_seconds(fn, 1, warmup=1 if not times[name] else 0))
+    ref, cast = statistics.median(times["adamw+kd"]), statistics.median(times["cast"])
+    ratio = cast / ref
+    return [_row(f"CAST step / (AdamW step + teacher fwd + KL), {preset}", ratio, "x", "<= 1.05",
+                 ratio <= 1.05, f"{cast * 1e3:.1f} ms vs {ref * 1e3:.1f} ms; batch {batch} x "
+                 f"seq {seq_len}, vocab {vocab}, fp32, median of {repeats}")]
+
+
+def _optimizer_rows() -> list[dict]:
+    from castlab.sparsity.bench import run_optimizer_bench
+
+    return run_optimizer_bench()
+
+
+def _fit_rows() -> list[dict]:
+    from castlab.law.bench import run_fit_bench
+
+    return run_fit_bench()
+
+
+BENCH_GROUPS = {
+    "optimizer": _optimizer_rows,
+    "step": bench_cast_step,
+    "fit": _fit_rows,
+    "tcmalloc": bench_tcmalloc,
+}
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows as a fixed-width text table."""
+    head = ("bench", "measured", "unit", "target", "ok", "note")
+    cells = [[r["bench"], f"{r['measured']:.4g}", r["unit"], r["target"],
+              {True: "yes", False: "NO", None: ""}[r["ok"]], r["note"]] for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *cells, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [head, *cells]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    """Add the bench subcommand."""
+    p = subparsers.add_parser(
+        "bench", help="speed/memory ratios measured side by side, printed as a table",
+        description=f"Run benchmark groups ({', '.join(BENCH_GROUPS)}; default: all) and print "
+                    "one table of ratios measured in this one process.")
+    p.add_argument("groups", nargs="*", help=f"groups to run: {', '.join(BENCH_GROUPS)}")
+    p.add_argument("--json", action="store_true", help="print rows as JSON")
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """castlab bench: run the chosen groups and print the table."""
+    groups = args.groups or list(BENCH_GROUPS)
+    unknown = [g for g in groups if g not in BENCH_GROUPS]
+    if unknown:
+        raise UserError(f"bench group '{unknown[0]}' unknown; allowed {', '.join(BENCH_GROUPS)}")
+    rows = []
+    for name in groups:
+        print(f"castlab bench: running {name} ...", file=sys.stderr, flush=True)
+        rows.extend(BENCH_GROUPS[name]())
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    return 0

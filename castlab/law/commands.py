@@ -1,0 +1,195 @@
+"""`castlab fit-law` and `castlab predict`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from castlab import __version__
+from castlab.config import parse_count
+from castlab.errors import UserError
+from castlab.law.bootstrap import DEFAULT_DRAWS, DEFAULT_LEVEL, bootstrap, param_summary
+from castlab.law.fit import fit_form
+from castlab.law.forms import FORMS, get_form
+from castlab.law.points import ColumnMap, check_fittable, points_from_frame, read_table
+from castlab.law.predict import Law
+from castlab.law.validate import (
+    HELDOUT_DRAWS,
+    candidate_forms,
+    choose_form,
+    heldout_predictions,
+    summarize,
+)
+
+
+def register(subparsers) -> None:
+    """Add the fit-law and predict subcommands."""
+    p = subparsers.add_parser(
+        "fit-law", help="fit and validate a scaling law on a results store or a table of runs",
+        description="Fit law forms to runs, validate them on held-out budgets and sizes, pick "
+                    "the form with the lowest held-out error, bootstrap intervals, write law.json "
+                    "and figures.")
+    p.add_argument("path", help="results directory (castlab store) or a .csv / .parquet table")
+    p.add_argument("--form", default="auto",
+                   help=f"auto (chosen by held-out error) or one of: {', '.join(FORMS)}")
+    p.add_argument("--method", default="cast", help="method whose runs to fit (store input)")
+    p.add_argument("--out", help="output directory (default: PATH-law next to PATH)")
+    p.add_argument("--n-col", help="external table: column with N (parameters)")
+    p.add_argument("--d-col", help="external table: column with D (training tokens)")
+    p.add_argument("--loss-col", help="external table: column with the loss (nats/token)")
+    p.add_argument("--loss-is-ppl", action="store_true", help="--loss-col holds perplexity")
+    p.add_argument("--s-col", help="external table: column with sparsity in [0, 1) (frantar)")
+    p.add_argument("--size-col", help="external table: column naming the model size")
+    p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
+                   help="bootstrap draws (default 1000; fewer only for quick looks)")
+    p.add_argument("--heldout-draws", type=int, default=HELDOUT_DRAWS,
+                   help="bootstrap draws per held-out split (intervals for coverage)")
+    p.add_argument("--level", type=float, default=DEFAULT_LEVEL, help="interval level")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.set_defaults(func=fit_law_command)
+
+    q = subparsers.add_parser(
+        "predict", help="PPL at a token budget (or budget for a PPL) from a law.json",
+        description="Predict validation PPL with an interval from a fitted law, or the tokens "
+                    "needed to reach a target PPL.")
+    q.add_argument("--law", required=True, help="law.json written by castlab fit-law")
+    q.add_argument("--model", help="a size in the law (e.g. opt-1.3m) or a count like 125M")
+    q.add_argument("--n", type=float, help="raw parameter count N")
+    q.add_argument("--tokens", help="comma-separated budgets, e.g. 5M,20M")
+    q.add_argument("--target-ppl", type=float, help="tokens needed to reach this PPL")
+    q.add_argument("--sparsity", type=float, help="sparsity, for forms that use it (frantar)")
+    q.add_argument("--dense-loss", type=float,
+                   help="dense teacher loss for a size the law did not see (dense_gap)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.add_argument("--seed", type=int, default=0, help="seed of the run-noise draws")
+    q.set_defaults(func=predict_command)
+
+
+def _columns(args) -> ColumnMap | None:
+    given = [args.n_col, args.d_col, args.loss_col]
+    if not any(given) and not (args.s_col or args.loss_is_ppl or args.size_col):
+        return None
+    if not all(given):
+        raise UserError("--n-col, --d-col and --loss-col must be given together")
+    return ColumnMap(args.n_col, args.d_col, args.loss_col, args.loss_is_ppl, args.s_col,
+                     args.size_col)
+
+
+def _fmt(v: float) -> str:
+    return "nan" if not np.isfinite(v) else (f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}")
+
+
+def _pct(v: float) -> str:
+    return "   -  " if not np.isfinite(v) else f"{100 * v:6.2f}%"
+
+
+def fit_law_command(args) -> int:
+    """castlab fit-law: validate forms, fit the chosen one, bootstrap, write law.json + figures."""
+    if args.draws < 100:
+        raise UserError(f"--draws: got {args.draws}, allowed >= 100 (default 1000)")
+    if not 0 < args.level < 1:
+        raise UserError(f"--level: got {args.level}, allowed 0 < level < 1")
+    src = Path(args.path)
+    cols = _columns(args)
+    pts = points_from_frame(read_table(src), args.method, cols, where=str(src))
+    if args.form == "auto":
+        forms, excluded = candidate_forms(pts)
+        if not forms:
+            raise UserError(f"{src}: no law form fits these runs ({next(iter(excluded.values()))})")
+    else:
+        check_fittable(get_form(args.form), pts)
+        forms, excluded = [args.form], {}
+    what = f"method {args.method}" if cols is None else "mapped columns"
+    print(f"castlab fit-law: {len(pts)} runs ({what}), {len(set(pts.size))} sizes, "
+          f"{len(np.unique(pts.d))} budgets from {src}")
+    preds = heldout_predictions(pts, forms, args.heldout_draws, args.level, args.seed)
+    table = summarize(preds, forms)
+    chosen = choose_form(table) if args.form == "auto" else args.form
+    _print_table(table, excluded, args)
+    fit = fit_form(chosen, pts)
+    if args.draws < DEFAULT_DRAWS:
+        print(f"note: {args.draws} bootstrap draws (< {DEFAULT_DRAWS}): interval ends are rough")
+    boot = bootstrap(fit, pts, draws=args.draws, seed=args.seed)
+    summary = param_summary(fit, boot, args.level)
+    print(f"\nchosen form: {chosen} ({FORMS[chosen].description}) - "
+          + ("lowest held-out PPL error over tokens" if args.form == "auto" else "given by --form"))
+    print(f"parameters ({args.level:.0%} bootstrap intervals, {args.draws} draws, {boot.failed} "
+          f"unconverged, {boot.seconds:.1f} s):")
+    for name, s in summary.items():
+        print(f"  {name:>16} = {_fmt(s['value']):>10}  [{_fmt(s['lo'])}, {_fmt(s['hi'])}]")
+    print(f"  in-sample Huber objective {fit.objective:.6g}; run noise sd(ln L) = {boot.sigma:.4g} "
+          f"(from {boot.noise_source})")
+    out = Path(args.out) if args.out else src.parent / f"{src.stem}-law"
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"chosen_by": "heldout" if args.form == "auto" else "user",
+            "params": summary,
+            "heldout": json.loads(table.to_json(orient="records")),
+            "data": {"source": str(src), "hash": pts.digest(), "runs": len(pts),
+                     "method": args.method if cols is None else None,
+                     "columns": None if cols is None else vars(cols)}}
+    law = Law(fit, boot, pts.sizes(), args.level, meta)
+    law.save(out / "law.json")
+    written = [out / "law.json"]
+    if not args.no_plots:
+        from castlab.law.plots import plot_all
+
+        written += plot_all(law, pts, preds[preds["form"] == chosen], out)
+    print("wrote " + ", ".join(str(p) for p in written) + f" (castlab {__version__})")
+    return 0
+
+
+def _print_table(table, excluded, args) -> None:
+    print(f"\nheld-out PPL error per form ({args.level:.0%} intervals from {args.heldout_draws} "
+          "draws per split):")
+    print(f"{'form':<11}| {'tokens: ARE':>12} {'bias':>8} {'cover':>8} {'pts':>4} "
+          f"| {'size: ARE':>10} {'bias':>8} {'cover':>8} {'pts':>4} | note")
+    for r in table.to_dict("records"):
+        print(f"{r['form']:<11}| {_pct(r['tokens_are']):>12} {_pct(r['tokens_bias']):>8} "
+              f"{_pct(r['tokens_coverage']):>8} {r['tokens_points']:>4} | {_pct(r['size_are']):>10} "
+              f"{_pct(r['size_bias']):>8} {_pct(r['size_coverage']):>8} {r['size_points']:>4} "
+              f"| {r['note']}")
+    for name, why in excluded.items():
+        print(f"{name:<11}| not fitted: {why}")
+
+
+def _token_list(text: str) -> list[float]:
+    return [float(parse_count(t, "--tokens")) for t in text.split(",") if t.strip()]
+
+
+def predict_command(args) -> int:
+    """castlab predict: PPL with interval at budgets, and/or tokens needed for a target PPL."""
+    if args.tokens is None and args.target_ppl is None:
+        raise UserError("give --tokens 5M,20M and/or --target-ppl X")
+    law = Law.load(args.law)
+    label, n = law.resolve(args.model, args.n)
+    who = f"{label or 'N'} (N={n:.4g})"
+    result: dict = {"law": str(args.law), "form": law.fit.form, "model": label or None, "n": n}
+    if args.tokens is not None:
+        tokens = _token_list(args.tokens)
+        if not tokens:
+            raise UserError("--tokens: give at least one budget, e.g. 5M,20M")
+        q = law.query(label, n, tokens, args.sparsity, args.dense_loss)
+        result["predictions"] = law.predict(q, seed=args.seed)
+    if args.target_ppl is not None:
+        q = law.query(label, n, [1.0], args.sparsity, args.dense_loss)
+        result["target"] = law.tokens_for_ppl(args.target_ppl, q)
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+        return 0
+    for r in result.get("predictions", []):
+        print(f"{who}, {r['tokens']:.4g} tokens: PPL {r['ppl']:.4g} "
+              f"[{r['ppl_lo']:.4g}, {r['ppl_hi']:.4g}] ({r['level']:.0%}), loss {r['loss']:.4f}")
+    t = result.get("target")
+    if t is not None and t["reachable"]:
+        print(f"{who}: PPL {t['target_ppl']:g} needs {t['tokens']:.4g} tokens "
+              f"[{t['tokens_lo']:.4g}, {t['tokens_hi']:.4g}] ({t['level']:.0%}); "
+              f"asymptote PPL {t['asymptote_ppl']:.4g}")
+    elif t is not None:
+        print(f"{who}: PPL {t['target_ppl']:g} is at or below this law's asymptote "
+              f"(PPL {t['asymptote_ppl']:.4g} with unlimited tokens): no budget reaches it")
+    return 0

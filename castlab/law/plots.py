@@ -1,0 +1,110 @@
+"""Law figures (PNG): predicted vs actual, PPL vs tokens per size, residuals vs extrapolation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from castlab.law.bootstrap import interval, predictive_draws
+from castlab.law.points import Points
+from castlab.law.predict import Law
+
+FIGURES = ("pred_vs_actual.png", "ppl_vs_tokens.png", "residuals_vs_extrapolation.png")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a display
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "figure.dpi": 110})
+    return plt
+
+
+def plot_all(law: Law, pts: Points, heldout: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Write the three figures into ``out_dir``; ``heldout`` rows are the chosen form's."""
+    out_dir = Path(out_dir)
+    return [pred_vs_actual(law, pts, heldout, out_dir / FIGURES[0]),
+            ppl_vs_tokens(law, pts, out_dir / FIGURES[1]),
+            residuals_vs_extrapolation(heldout, law.fit.form, out_dir / FIGURES[2])]
+
+
+def pred_vs_actual(law: Law, pts: Points, heldout: pd.DataFrame, path: Path) -> Path:
+    """Log-log predicted vs actual PPL: in-sample fit, held-out predictions with intervals, y = x."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    actual, fitted = np.exp(pts.loss), np.exp(np.exp(law.fit.predict_log(pts)))
+    ax.scatter(actual, fitted, s=22, c="tab:blue", alpha=0.7, label="in-sample (fit on all runs)")
+    ho = heldout[heldout["scheme"] == "tokens"].dropna(subset=["pred_ppl"])
+    if len(ho):
+        err = np.vstack([ho["pred_ppl"] - ho["lo_ppl"], ho["hi_ppl"] - ho["pred_ppl"]])
+        ax.errorbar(ho["ppl"], ho["pred_ppl"], yerr=np.where(np.isfinite(err), err, 0), fmt="x",
+                    color="tab:red", ms=6, alpha=0.8, elinewidth=0.8,
+                    label=f"held out (larger budgets), {law.level:.0%} interval")
+    allv = np.concatenate([actual, fitted, ho["pred_ppl"].to_numpy()])
+    lim = np.array([allv.min() / 1.05, allv.max() * 1.05])
+    ax.plot(lim, lim, "k--", lw=1, label="y = x")
+    ax.set(xscale="log", yscale="log", xlim=lim, ylim=lim, xlabel="actual validation PPL",
+           ylabel="predicted PPL", title=f"law {law.fit.form}: predicted vs actual")
+    ax.legend(fontsize=9, loc="upper left")
+    return _save(fig, path)
+
+
+def ppl_vs_tokens(law: Law, pts: Points, path: Path) -> Path:
+    """Observed PPL vs tokens per size with the fitted curve and its prediction band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    d_grid = np.geomspace(pts.d.min() / 1.5, pts.d.max() * 4, 60)
+    colors = plt.get_cmap("viridis")
+    keys = list(dict.fromkeys(zip(pts.size, pts.s, strict=True)))
+    for i, (label, s) in enumerate(keys):
+        m = (pts.size == label) & (pts.s == s)
+        c = colors(i / max(1, len(keys) - 1))
+        name = f"{label}" + (f", S={s:g}" if len(np.unique(pts.s)) > 1 else "")
+        ax.scatter(pts.d[m], np.exp(pts.loss[m]), color=c, s=20, label=name, zorder=3)
+        q = pts.subset(np.flatnonzero(m)[np.zeros(len(d_grid), int)])
+        q.d = d_grid
+        y = law.fit.predict_log(q)
+        if not np.isfinite(y).all():
+            continue
+        ax.plot(d_grid, np.exp(np.exp(y)), color=c, lw=1.5)
+        if len(law.boot.thetas):
+            lo, hi = interval(predictive_draws(law.fit, law.boot, q), law.level)
+            ax.fill_between(d_grid, np.exp(np.exp(lo)), np.exp(np.exp(hi)), color=c, alpha=0.15)
+    ax.axvline(pts.d.max(), color="grey", ls=":", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="training tokens D", ylabel="validation PPL",
+           title=f"law {law.fit.form}: PPL vs tokens ({law.level:.0%} band, dotted: largest fitted D)")
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def residuals_vs_extrapolation(heldout: pd.DataFrame, form: str, path: Path) -> Path:
+    """Held-out relative PPL error vs how far beyond the training data the point lies."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"tokens": ("o", "tab:red", "tokens (expanding window)"),
+              "size": ("s", "tab:purple", "model size (leave one out)")}
+    ho = heldout.dropna(subset=["rel_err"])
+    for scheme, (marker, color, label) in styles.items():
+        sub = ho[ho["scheme"] == scheme]
+        if len(sub):
+            ax.scatter(sub["distance"], 100 * sub["rel_err"], marker=marker, color=color, s=22,
+                       alpha=0.75, label=label)
+    ax.axhline(0, color="k", lw=1)
+    ax.axhspan(-1, 1, color="grey", alpha=0.15, label="±1%")
+    ax.set(xlabel="extrapolation distance (decades beyond the training data, log10 ratio)",
+           ylabel="held-out PPL error (%)", title=f"law {form}: held-out residuals")
+    ax.legend(fontsize=9)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,191 @@
+"""The runs a law is fitted to: read a results store or any table, validate, and hold as arrays."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from castlab.errors import UserError
+from castlab.law.forms import Form, Inputs, Scales
+
+STORE_COLUMNS = ("method", "model", "params_non_embedding", "tokens", "eval_loss", "status")
+
+
+@dataclass
+class ColumnMap:
+    """How an external table's columns map onto N, D, loss (and optionally sparsity, size)."""
+
+    n_col: str
+    d_col: str
+    loss_col: str
+    loss_is_ppl: bool = False
+    s_col: str | None = None
+    size_col: str | None = None
+
+
+@dataclass
+class Points:
+    """One row per run: N, D, loss (nats/token) and the context some forms need."""
+
+    n: np.ndarray
+    d: np.ndarray
+    loss: np.ndarray
+    s: np.ndarray
+    ldense: np.ndarray  # teacher (dense starting model) loss, NaN where unknown
+    lkd: np.ndarray  # dense-kd twin loss at the same model, tokens and seed, NaN where none
+    size: np.ndarray  # size label per run (model name, or "N=..." for external tables)
+    seed: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.n)
+
+    def subset(self, idx) -> Points:
+        """The points at integer indices or boolean mask ``idx``."""
+        return Points(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def twins(self) -> Points:
+        """The dense-kd twins as points of their own (the dense curve kd_gap needs)."""
+        keep = np.isfinite(self.lkd)
+        out = self.subset(keep)
+        out.loss, out.s = out.lkd.copy(), np.zeros(len(out))
+        return out
+
+    def inputs(self, sc: Scales) -> Inputs:
+        """Rescaled design arrays for the forms."""
+        return Inputs(np.log(self.n / sc.n0), np.log(self.d / sc.d0), self.s, self.ldense, self.lkd)
+
+    def sizes(self) -> dict[str, dict[str, float]]:
+        """Per size label: N and the dense teacher loss (first finite value)."""
+        out = {}
+        for label in dict.fromkeys(self.size):
+            m = self.size == label
+            teach = self.ldense[m][np.isfinite(self.ldense[m])]
+            out[str(label)] = {"n": float(self.n[m][0]),
+                               "teacher_eval_loss": float(teach[0]) if len(teach) else None}
+        return out
+
+    def digest(self) -> str:
+        """sha256 over the fitted values (order-independent), to tie a law to its data."""
+        cols = np.column_stack([self.n, self.d, self.loss, self.s, self.ldense, self.lkd])
+        rows = sorted(zip(self.size.astype(str), map(tuple, np.round(cols, 12)), strict=True))
+        return hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
+def scales_for(pts: Points) -> Scales:
+    """Geometric means of N and D: the fit works on N/n0 and D/d0, both near 1."""
+    return Scales(float(np.exp(np.mean(np.log(pts.n)))), float(np.exp(np.mean(np.log(pts.d)))))
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A results store directory (castlab.store.load) or a .csv / .parquet table."""
+    path = Path(path)
+    if path.is_dir():
+        from castlab.store import load  # the store is optional for external tables
+
+        return load(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or results directory")
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    raise UserError(f"{path}: allowed a results directory, a .csv or a .parquet file")
+
+
+def _require_columns(df: pd.DataFrame, cols, where: str) -> None:
+    missing = [c for c in cols if c and c not in df.columns]
+    if missing:
+        raise UserError(f"{where}: missing column(s) {', '.join(missing)}; "
+                        f"present: {', '.join(map(str, df.columns))}")
+
+
+def _positive(values: np.ndarray, name: str) -> np.ndarray:
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{name}: {int(bad.sum())} of {len(values)} rows are NaN, zero or "
+                        f"negative (first at row {first}: {values[first]!r}); must be positive")
+    return values
+
+
+def _floats(df: pd.DataFrame, col: str) -> np.ndarray:
+    try:
+        return pd.to_numeric(df[col]).to_numpy(dtype=np.float64)
+    except (ValueError, TypeError):
+        raise UserError(f"{col}: column has non-numeric values") from None
+
+
+def points_from_frame(df: pd.DataFrame, method: str = "cast", columns: ColumnMap | None = None,
+                      where: str = "table") -> Points:
+    """Validated points from a store-schema frame (rows of ``method``) or a mapped external table."""
+    if df.empty:
+        raise UserError(f"{where}: no rows to fit")
+    if columns is not None:
+        return _external(df, columns, where)
+    _require_columns(df, STORE_COLUMNS, where)
+    ok = df[df["status"] == "ok"]
+    rows = ok[ok["method"] == method].reset_index(drop=True)
+    if rows.empty:
+        found = sorted(set(ok["method"].astype(str)))
+        raise UserError(f"{where}: no 'ok' rows with method '{method}' (found: {', '.join(found) or 'none'})")
+    n = len(rows)
+    seed = (rows["seed"].fillna(-1).astype(int).to_numpy() if "seed" in rows else np.full(n, -1))
+    pts = Points(
+        n=_positive(_floats(rows, "params_non_embedding"), "params_non_embedding"),
+        d=_positive(_floats(rows, "tokens"), "tokens"),
+        loss=_positive(_floats(rows, "eval_loss"), "eval_loss"),
+        s=_floats(rows, "sparsity") if "sparsity" in rows else np.zeros(n),
+        ldense=_floats(rows, "teacher_eval_loss") if "teacher_eval_loss" in rows else np.full(n, np.nan),
+        lkd=np.full(n, np.nan), size=rows["model"].astype(str).to_numpy(), seed=seed)
+    twins = ok[ok["method"] == "dense-kd"]
+    if method != "dense-kd" and not twins.empty and "seed" in twins:
+        key = ["model", "tokens", "seed"]
+        kd = twins.groupby(key)["eval_loss"].mean()
+        pts.lkd = np.array([kd.get((m, t, s), np.nan) for m, t, s in
+                            zip(rows["model"], rows["tokens"], rows["seed"], strict=True)], dtype=float)
+    return pts
+
+
+def _external(df: pd.DataFrame, cm: ColumnMap, where: str) -> Points:
+    _require_columns(df, (cm.n_col, cm.d_col, cm.loss_col, cm.s_col, cm.size_col), where)
+    n = len(df)
+    raw = _positive(_floats(df, cm.loss_col), cm.loss_col)
+    loss = np.log(raw) if cm.loss_is_ppl else raw
+    if cm.loss_is_ppl:
+        _positive(loss, f"{cm.loss_col} (ln of perplexity; perplexity must exceed 1)")
+    nn = _positive(_floats(df, cm.n_col), cm.n_col)
+    s = _floats(df, cm.s_col) if cm.s_col else np.zeros(n)
+    if cm.s_col and not ((s >= 0) & (s < 1)).all():
+        raise UserError(f"{cm.s_col}: sparsity must lie in [0, 1)")
+    size = (df[cm.size_col].astype(str).to_numpy() if cm.size_col
+            else np.array([f"N={v:.4g}" for v in nn], dtype=object))
+    return Points(n=nn, d=_positive(_floats(df, cm.d_col), cm.d_col), loss=loss, s=s,
+                  ldense=np.full(n, np.nan), lkd=np.full(n, np.nan), size=size,
+                  seed=np.full(n, -1))
+
+
+def check_fittable(form: Form, pts: Points) -> None:
+    """Raise a one-line UserError if ``pts`` cannot identify ``form``'s parameters."""
+    p, name = len(form.params), form.name
+    if "ldense" in form.needs and not np.isfinite(pts.ldense).all():
+        raise UserError(f"form {name}: needs teacher_eval_loss (the dense teacher's loss) on every run")
+    if "lkd" in form.needs and not np.isfinite(pts.lkd).all():
+        raise UserError(f"form {name}: needs a dense-kd twin (same model, tokens, seed) for every run")
+    groups = [pts.size == g for g in dict.fromkeys(pts.size)] if form.per_size else [slice(None)]
+    for g in groups:
+        sub, label = pts.subset(g), (f" for size {pts.size[g][0]}" if form.per_size else "")
+        if len(sub) <= p - 1:
+            raise UserError(f"form {name}: {p} parameters but only {len(sub)} points{label}")
+        budgets = len(np.unique(sub.d))
+        if budgets < form.min_budgets:
+            raise UserError(f"form {name}: needs at least {form.min_budgets} distinct token "
+                            f"budgets{label}, got {budgets}")
+    if form.uses_n and len(np.unique(pts.n)) < 2:
+        raise UserError(f"form {name}: needs at least 2 model sizes, got 1")
+    if len(np.unique(pts.s)) < form.min_sparsities:
+        raise UserError(f"form {name}: needs at least {form.min_sparsities} sparsity levels "
+                        f"(--s-col), got {len(np.unique(pts.s))}")

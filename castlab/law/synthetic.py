@@ -1,0 +1,79 @@
+"""Synthetic runs drawn from a form with known parameters (tests, `castlab bench fit`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from castlab.law.forms import FORMS, Inputs, Scales
+from castlab.law.points import Points
+
+# The dense-kd curve kd_gap synthetic sparse runs sit on (a chinchilla law in nats/token).
+KD_CURVE = {"E": 2.0, "A": 60.0, "B": 300.0, "alpha": 0.3, "beta": 0.35}
+
+
+def synthetic_points(form_name: str, public: dict[str, float], sizes: dict[str, float],
+                     budgets, noise: float = 0.005, seeds: int = 1, rng_seed: int = 0,
+                     sparsities=(0.5,), teacher: dict[str, float] | None = None) -> Points:
+    """One run per size x budget x sparsity x seed; loss = law * exp(N(0, noise)).
+
+    ``public`` holds the form's parameters (for per-size forms ``name@size``); ``teacher`` gives
+    the dense teacher loss per size (dense_gap); kd_gap twins follow ``KD_CURVE`` with the same
+    noise, and the sparse loss is the noiseless twin times the gap times its own noise.
+    """
+    form, rng = FORMS[form_name], np.random.default_rng(rng_seed)
+    grid = [(lab, n, d, s, k) for lab, n in sizes.items() for d in budgets for s in sparsities
+            for k in range(seeds)]
+    lab, n, d, s, seed = (np.array(v) for v in zip(*grid, strict=True))
+    n, d, s = n.astype(float), d.astype(float), s.astype(float)
+    ldense = np.array([teacher[a] for a in lab]) if teacher else np.full(len(n), np.nan)
+    sc = Scales(1.0, 1.0)
+    lkd_true = np.exp(FORMS["chinchilla"].log_loss(
+        FORMS["chinchilla"].internal(KD_CURVE, sc), Inputs(np.log(n), np.log(d), s, ldense, n)))
+    x = Inputs(np.log(n), np.log(d), s, ldense, lkd_true)
+    y = np.empty(len(n))
+    for label in dict.fromkeys(lab) if form.per_size else ["*"]:
+        m = np.ones(len(n), bool) if label == "*" else lab == label
+        vals = {k.split("@")[0]: v for k, v in public.items()
+                if label == "*" or k.endswith(f"@{label}")}
+        xs = Inputs(x.logn[m], x.logd[m], x.s[m], x.ldense[m], x.lkd[m])
+        y[m] = form.log_loss(form.internal(vals, sc), xs)
+    loss = np.exp(y + noise * rng.standard_normal(len(y)))
+    lkd = lkd_true * np.exp(noise * rng.standard_normal(len(y))) if form_name == "kd_gap" \
+        else np.full(len(n), np.nan)
+    return Points(n=n, d=d, loss=loss, s=s, ldense=ldense, lkd=lkd,
+                  size=lab.astype(object), seed=seed.astype(int))
+
+
+# Laptop-ladder-like synthetic studies, one per form: 4 sizes x 8 budgets (x2 seeds), losses
+# 2-6 nats. Shared by the tests and `castlab bench fit` so their numbers describe the same data.
+SIZES = {"s100k": 1e5, "s300k": 3e5, "s1m": 1e6, "s3m": 3e6}
+BUDGETS = tuple(1e6 * 2.0**k for k in range(8))
+TEACHER = {"s100k": 4.0, "s300k": 3.6, "s1m": 3.3, "s3m": 3.1}
+
+
+def _per_size(values: dict[str, tuple]) -> dict[str, float]:
+    return {f"{k}@{s}": v[i] for k, v in values.items() for i, s in enumerate(SIZES)}
+
+
+CASES: dict[str, dict] = {
+    "chinchilla": {"public": dict(KD_CURVE)},
+    "power_d": {"public": _per_size({"L_inf": (3.2, 3.0, 2.8, 2.6), "B": (40.0,) * 4,
+                                     "beta": (0.3, 0.32, 0.34, 0.36)})},
+    "loglinear": {"public": _per_size({"a": (6.0, 5.8, 5.6, 5.4), "b": (0.12, 0.11, 0.1, 0.09)})},
+    "dense_gap": {"public": {"G_inf": 0.05, "C": 1000.0, "gamma": 0.2, "beta": 0.4},
+                  "teacher": TEACHER},
+    "kd_gap": {"public": {"G_inf": 0.02, "C": 200.0, "gamma": 0.1, "beta": 0.4}},
+    "frantar": {"public": {"a_S": 300.0, "b_S": 1.5, "c_S": 100.0, "b_N": 0.4, "a_D": 2e5,
+                           "b_D": 0.4, "c": 1.6},
+                "sparsities": (0.0, 0.5, 0.75, 0.875), "seeds": 1},
+}
+
+
+def synthetic_case(form_name: str, noise: float = 0.005, rng_seed: int = 0, seeds: int = 2,
+                   budgets=BUDGETS, sizes=None) -> Points:
+    """The synthetic study of ``CASES[form_name]`` (``seeds`` unless the case fixes it)."""
+    case = dict(CASES[form_name])
+    public = case.pop("public")
+    case.setdefault("seeds", seeds)
+    return synthetic_points(form_name, public, sizes or SIZES, budgets, noise=noise,
+                            rng_seed=rng_seed, **case)

@@ -1,0 +1,265 @@
+"""AdamS, the CAST optimizer (CAST_SPEC.md, AdamS), plus the decay-budget check.
+
+For every in-scope scalar theta at run step t of T, with a = t / T (clamped to 1 past T):
+
+    m  = b1*m + (1-b1)*g                     raw gradient of the DENSE forward
+    m~ = m                     if kept       mask = top-N |theta| per group of M inputs
+    m~ = (1-a)*m + a*lam*sign(theta)   if masked (to be pruned)
+    v  = b2*v + (1-b2)*m~^2                  for kept entries too (so v tracks m^2, not g^2)
+    theta -= lr * (m~ / (1-b1^(t+1))) / (sqrt(v / (1-b2^(t+1))) + eps)
+
+m~ is used for the step and thrown away (never written into m). Groups without ``sparse=True``
+(embeddings, norms, scaling factors) get plain Adam with the same lr and betas.
+
+Masks: the spec recomputes them every T1 steps at the *start* of the step. The forward is dense
+and nothing changes the weights between the start of a step and ``optimizer.step()``, so the
+mask computed at the top of ``step()`` from the current weights is the same mask; this class
+therefore refreshes there, at steps 0, T1, 2*T1, ... (step 0 already has a real N:M mask).
+
+Parameters are any fp32 leaf tensors, e.g. the raw weight under a parametrization
+(``castlab.sparsity.scaling.raw_weight``), which is where the decay must act.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from castlab.errors import UserError
+from castlab.sparsity.masks import check_nm_args, nm_mask
+
+
+class AdamS(torch.optim.Optimizer):
+    """CAST's AdamS: Adam whose masked entries step on a blend of momentum and lam*sign(theta).
+
+    Param groups take ``sparse`` (bool, default False) and an optional ``names`` list used in
+    error messages. ``lambda_`` is the decay coefficient, ``total_steps`` the run length T that
+    sets the ramp a = t/T, ``t1`` the mask refresh period, ``n``/``m`` the pattern.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, lambda_: float = 0.0, total_steps: int = 1, t1: int = 10,
+                 n: int = 2, m: int = 4):
+        if lr < 0 or eps < 0 or not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise UserError(f"AdamS: invalid lr={lr}, betas={betas} or eps={eps}")
+        if lambda_ < 0:
+            raise UserError(f"AdamS: lambda_ must be >= 0, got {lambda_}")
+        if total_steps < 1 or t1 < 1:
+            raise UserError(f"AdamS: total_steps ({total_steps}) and t1 ({t1}) must be >= 1")
+        check_nm_args(n, m)
+        self.lambda_, self.total_steps, self.t1, self.n, self.m = lambda_, total_steps, t1, n, m
+        self.flip_rates: list[tuple[int, float]] = []  # (step, fraction of mask entries changed)
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "sparse": False, "step": 0}
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group (``sparse=True`` groups are checked: fp32, 2-D, input dim divisible by M)."""
+        super().add_param_group(param_group)
+        if self.param_groups[-1]["sparse"]:
+            self._check_sparse_group(self.param_groups[-1])
+
+    def _check_sparse_group(self, group: dict) -> None:
+        names = group.get("names") or [f"sparse param {i}" for i in range(len(group["params"]))]
+        for name, p in zip(names, group["params"], strict=True):
+            if p.dtype != torch.float32:
+                raise UserError(
+                    f"AdamS: in-scope weight '{name}' is {p.dtype}; CAST needs fp32 master weights "
+                    "(the decay is below bf16/fp16 resolution). Load the model in float32 and "
+                    "use autocast for the forward"
+                )
+            nm_mask(p.detach()[:1], self.n, self.m, name)  # shape check only: 2-D, in % M == 0
+
+    # ------------------------------------------------------------------------------------------
+    # masks and diagnostics
+
+    def _sparse_params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups if g["sparse"] for p in g["params"]]
+
+    def _refresh_masks(self, group: dict) -> None:
+        """Recompute the N:M mask of every param in a sparse group; record the flip rate."""
+        changed = total = 0
+        have_old = True
+        for p in group["params"]:
+            state = self.state[p]
+            new = nm_mask(p, self.n, self.m)
+            old = state.get("mask")
+            if old is None:
+                have_old = False
+            else:
+                changed += int(torch.count_nonzero(old != new))
+                total += new.numel()
+            state["mask"] = new
+            # Float copy of ~mask for the blend: arithmetic with it is ~10x faster on CPU than
+            # torch.where on a bool condition or mixed-dtype math (costs 4 bytes per weight).
+            state["pruned"] = (~new).to(p.dtype)
+        if have_old and total:
+            self.flip_rates.append((group["step"], changed / total))
+
+    def masks(self) -> list[torch.Tensor]:
+        """Current masks of the sparse params (True = kept), computed now if no step ran yet."""
+        return [self.state[p]["mask"] if "mask" in self.state[p] else nm_mask(p, self.n, self.m)
+                for p in self._sparse_params()]
+
+    def last_flip_rate(self) -> float:
+        """Fraction of mask entries that changed at the latest refresh (NaN before the second)."""
+        return self.flip_rates[-1][1] if self.flip_rates else float("nan")
+
+    @torch.no_grad()
+    def masked_kept_ratio(self) -> float:
+        """Mean |theta| over masked entries / mean |theta| over kept ones, all sparse params."""
+        return masked_kept_ratio(self._sparse_params(), self.masks())
+
+    # ------------------------------------------------------------------------------------------
+    # the update
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        """One AdamS step (refreshing masks first when the step index is a multiple of t1)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            t = group["step"]
+            if group["sparse"] and (t % self.t1 == 0
+                                    or any("mask" not in self.state[p] for p in group["params"])):
+                self._refresh_masks(group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update_group(group, params, t)
+            group["step"] = t + 1
+        return loss
+
+    def _update_group(self, group: dict, params: list[torch.Tensor], t: int) -> None:
+        beta1, beta2 = group["betas"]
+        grads, exp_avgs, exp_avg_sqs = [], [], []
+        for p in params:
+            if p.grad.is_sparse:
+                raise UserError("AdamS does not support sparse gradients")
+            state = self.state[p]
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        if group["sparse"]:
+            alpha = min(t / self.total_steps, 1.0)
+            # a = 0 makes the blend the identity: skip the work.
+            blended = self._blend(params, exp_avgs, alpha) if alpha > 0 else exp_avgs
+            # CAST: the second moment tracks m~^2 (kept entries: m^2), not g^2.
+            torch._foreach_addcmul_(exp_avg_sqs, blended, blended, 1 - beta2)
+        else:
+            blended = exp_avgs  # plain Adam
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+
+        # lr*(m~/bc1)/(sqrt(v/bc2)+eps) == (lr*sqrt(bc2)/bc1) * m~/(sqrt(v)+eps*sqrt(bc2)):
+        # the same update with one pass fewer over the denominator.
+        bc1 = 1 - beta1 ** (t + 1)
+        bc2_sqrt = math.sqrt(1 - beta2 ** (t + 1))
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denom, group["eps"] * bc2_sqrt)
+        torch._foreach_addcdiv_(params, blended, denom, -group["lr"] * bc2_sqrt / bc1)
+
+    def _blend(self, params: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+               alpha: float) -> list[torch.Tensor]:
+        """m~ as new tensors: m where kept, (1-a)*m + a*lam*sign(theta) where masked.
+
+        Written as m~ = m + a*lam * pruned * (sign(theta) - m/lam), pruned = ~mask as 0./1.:
+        three passes and no torch.where (whose bool-condition kernel is ~10x slower than
+        arithmetic on CPU).
+        """
+        lam = self.lambda_
+        if lam > 0:
+            blended = torch._foreach_sign(params)
+            torch._foreach_sub_(blended, exp_avgs, alpha=1.0 / lam)
+            scale = alpha * lam
+        else:  # lam = 0: m~ = m - a * pruned * m
+            blended = torch._foreach_mul(exp_avgs, 1.0)
+            scale = -alpha
+        for b, m_, p in zip(blended, exp_avgs, params, strict=True):  # loop over tensors: out= has no foreach form
+            torch.addcmul(m_, b, self.state[p]["pruned"], value=scale, out=b)
+        return blended
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+
+    def state_dict(self) -> dict:
+        """Optimizer state (moments, masks, step) plus the flip-rate history."""
+        state = super().state_dict()
+        state["flip_rates"] = list(self.flip_rates)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a ``state_dict``; masks come back as bool (torch casts them to the param dtype)."""
+        state_dict = dict(state_dict)
+        self.flip_rates = [tuple(x) for x in state_dict.pop("flip_rates", [])]
+        super().load_state_dict(state_dict)
+        for p in self._sparse_params():
+            if "mask" in self.state[p]:
+                self.state[p]["mask"] = self.state[p]["mask"].to(torch.bool)
+
+
+@torch.no_grad()
+def masked_kept_ratio(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> float:
+    """Mean |w| over masked (False) entries / mean |w| over kept (True) entries, pooled."""
+    masked_sum = kept_sum = 0.0
+    masked_count = kept_count = 0
+    for w, mask in zip(weights, masks, strict=True):
+        a = w.detach().abs()
+        kept = float((a * mask).sum())
+        total = float(a.sum())
+        n_kept = int(torch.count_nonzero(mask))
+        kept_sum += kept
+        masked_sum += total - kept
+        kept_count += n_kept
+        masked_count += mask.numel() - n_kept
+    if kept_count == 0 or masked_count == 0 or kept_sum == 0:
+        return float("nan")
+    return (masked_sum / masked_count) / (kept_sum / kept_count)
+
+
+def decay_budget(lr_schedule: Sequence[float] | Callable[[int], float], total_steps: int) -> float:
+    """Sum over t of lr_t * t/T: how far AdamS can move a masked weight towards zero at most.
+
+    Late in a run the step on a masked weight saturates near +-lr_t whatever lambda is, and the
+    blend weighs the decay by a = t/T, so this bounds the distance travelled.
+    """
+    if total_steps < 1:
+        raise UserError(f"decay budget: total_steps must be >= 1, got {total_steps}")
+    if callable(lr_schedule):
+        rates = [float(lr_schedule(t)) for t in range(total_steps)]
+    else:
+        rates = [float(x) for x in lr_schedule]
+        if len(rates) < total_steps:
+            raise UserError(
+                f"decay budget: lr schedule has {len(rates)} entries for {total_steps} steps"
+            )
+    return sum(rates[t] * t / total_steps for t in range(total_steps))
+
+
+@torch.no_grad()
+def typical_masked_magnitude(weights: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> float:
+    """Mean |w| over the masked entries of ``weights`` (the distance the decay has to cover)."""
+    total = sum(float((w.detach().abs() * ~mask).sum()) for w, mask in zip(weights, masks, strict=True))
+    count = sum(mask.numel() - int(torch.count_nonzero(mask)) for mask in masks)
+    return total / count if count else 0.0
+
+
+def decay_budget_warning(optimizer: AdamS, lr_schedule: Sequence[float] | Callable[[int], float],
+                         total_steps: int) -> str | None:
+    """A warning when the decay budget is below the typical |theta| of masked weights, else None."""
+    budget = decay_budget(lr_schedule, total_steps)
+    typical = typical_masked_magnitude(optimizer._sparse_params(), optimizer.masks())
+    if budget < typical:
+        return (
+            f"decay budget sum_t lr_t*t/T = {budget:.3g} is below the typical |theta| of masked "
+            f"weights ({typical:.3g}): AdamS cannot drive them to zero in {total_steps} steps, so "
+            "the final prune will not be lossless (raise the lr, the steps, or use a slower decay)"
+        )
+    return None

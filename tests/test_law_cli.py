@@ -1,0 +1,146 @@
+"""`castlab fit-law` and `castlab predict` end to end, and one-line errors for bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from castlab.cli import main
+from castlab.law.synthetic import TEACHER, synthetic_case
+from castlab.law.validate import heldout_table
+
+SIZES3 = {"s100k": 1e5, "s1m": 1e6, "s3m": 3e6}
+BUDGETS5 = tuple(1e6 * 4.0**k for k in range(5))
+
+
+def store_frame() -> pd.DataFrame:
+    """Store-schema rows: cast runs and their dense-kd twins (kd_gap synthetic study)."""
+    pts = synthetic_case("kd_gap", seeds=2, budgets=BUDGETS5, sizes=SIZES3)
+    common = {"model": pts.size, "params_non_embedding": pts.n, "tokens": pts.d,
+              "seed": pts.seed, "status": "ok",
+              "teacher_eval_loss": [TEACHER[s] for s in pts.size]}
+    cast = pd.DataFrame({**common, "method": "cast", "eval_loss": pts.loss, "sparsity": 0.5})
+    kd = pd.DataFrame({**common, "method": "dense-kd", "eval_loss": pts.lkd, "sparsity": 0.0})
+    return pd.concat([cast, kd], ignore_index=True)
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("law")
+    table = d / "runs.parquet"
+    store_frame().to_parquet(table)
+    # --form chinchilla and 200 draws keep this fixture fast (the default is 1000 draws; the
+    # bench times those); the auto choice is tested through heldout_table below.
+    code = main(["fit-law", str(table), "--out", str(d / "out"), "--form", "chinchilla",
+                 "--heldout-draws", "20", "--draws", "200"])
+    assert code == 0
+    return d / "out"
+
+
+def test_fit_law_writes_law_json_and_figures(fitted):
+    law = json.loads((fitted / "law.json").read_text())
+    assert law["form"] == "chinchilla" and law["chosen_by"] == "user"
+    assert law["castlab_version"]
+    assert len(law["data"]["hash"]) == 64 and law["data"]["runs"] == 30
+    assert len(law["bootstrap"]["thetas"]) + law["bootstrap"]["failed"] == 200
+    for s in law["params"].values():
+        assert s["lo"] <= s["value"] <= s["hi"] or not np.isfinite(s["lo"])
+    assert [r["form"] for r in law["heldout"]] == ["chinchilla"]
+    assert law["heldout"][0]["tokens_points"] == 36  # 3 expanding-window splits: 18 + 12 + 6
+    for name in ("pred_vs_actual.png", "ppl_vs_tokens.png", "residuals_vs_extrapolation.png"):
+        assert (fitted / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_round_trip_tokens_ppl_tokens(fitted, capsys):
+    code, out, _ = run(["predict", "--law", str(fitted / "law.json"), "--model", "s1m",
+                        "--tokens", "5M,20M", "--json"], capsys)
+    assert code == 0
+    preds = json.loads(out)["predictions"]
+    assert [p["tokens"] for p in preds] == [5e6, 2e7]
+    assert preds[0]["ppl"] > preds[1]["ppl"]
+    for p in preds:
+        assert p["ppl_lo"] < p["ppl"] < p["ppl_hi"]
+        code, out, _ = run(["predict", "--law", str(fitted / "law.json"), "--model", "s1m",
+                            "--target-ppl", repr(p["ppl"]), "--json"], capsys)
+        t = json.loads(out)["target"]
+        assert abs(t["tokens"] / p["tokens"] - 1) < 1e-6
+        assert t["tokens_lo"] <= t["tokens"] <= t["tokens_hi"]
+
+
+def test_heldout_table_scores_forms_and_chooses_by_heldout_error():
+    table = heldout_table(store_frame(), forms=["kd_gap", "loglinear", "frantar"], draws=0)
+    rows = table.set_index("form")
+    assert rows.loc["kd_gap", "tokens_points"] == 36 and rows.loc["kd_gap", "size_points"] == 30
+    assert rows.loc["loglinear", "size_points"] == 0  # per-size: no leave-one-size-out
+    assert "3 sparsity levels" in rows.loc["frantar", "note"]
+    best = table.dropna(subset=["tokens_are"]).sort_values("tokens_are")["form"].iloc[0]
+    assert table.loc[table["chosen"], "form"].tolist() == [best]
+    # the data come from a kd_gap law: it must beat the no-floor per-size form
+    assert rows.loc["kd_gap", "tokens_are"] < rows.loc["loglinear", "tokens_are"]
+
+
+def test_predict_target_below_asymptote_says_so(fitted, capsys):
+    code, out, _ = run(["predict", "--law", str(fitted / "law.json"), "--model", "s1m",
+                        "--target-ppl", "1.5"], capsys)
+    assert code == 0
+    assert "asymptote" in out and "no budget reaches it" in out
+
+
+def test_predict_unknown_model_is_one_line_error(fitted, capsys):
+    code, _, err = run(["predict", "--law", str(fitted / "law.json"), "--model", "opt-big",
+                        "--tokens", "5M"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--model" in err and "s1m" in err
+
+
+def external(tmp_path, rows) -> str:
+    path = tmp_path / "t.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+MAP = ["--n-col", "N", "--d-col", "D", "--loss-col", "L"]
+
+
+@pytest.mark.parametrize("rows, form, needle", [
+    ({"N": [1e6, 2e6, 3e6], "D": [1e6, 2e6, 4e6], "L": [4.0, 3.8, 3.7]}, "chinchilla",
+     "5 parameters but only 3 points"),
+    ({"N": [1e6, 2e6, 3e6, 4e6] * 2, "D": [1e7] * 8, "L": [4, 3.9, 3.8, 3.7] * 2}, "chinchilla",
+     "distinct token budgets"),
+    ({"N": [1e6] * 4, "D": [1e6, 2e6, 4e6, 8e6], "L": [4.0, np.nan, 3.8, 3.7]}, "loglinear",
+     "L: 1 of 4 rows are NaN, zero or negative"),
+    ({"N": [1e6] * 4, "D": [1e6, 2e6, 4e6, 8e6], "L": [4.0, -1.0, 3.8, 3.7]}, "loglinear",
+     "NaN, zero or negative"),
+    ({"N": [1e6] * 4, "D": [1e6, 2e6, 4e6, 8e6], "L": [4.0, 0.0, 3.8, 3.7]}, "loglinear",
+     "NaN, zero or negative"),
+])
+def test_degenerate_tables_exit_2_with_one_line(tmp_path, capsys, rows, form, needle):
+    code, _, err = run(["fit-law", external(tmp_path, rows), *MAP, "--form", form], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err, err
+
+
+def test_missing_columns_named(tmp_path, capsys):
+    path = external(tmp_path, {"N": [1e6], "D": [1e6], "loss": [4.0]})
+    code, _, err = run(["fit-law", path, *MAP], capsys)
+    assert code == 2 and "missing column(s) L" in err and err.count("\n") == 1
+    code, _, err = run(["fit-law", path], capsys)  # store schema expected without a mapping
+    assert code == 2 and "missing column(s) method" in err
+
+
+def test_too_few_draws_refused(tmp_path, capsys):
+    path = external(tmp_path, {"N": [1e6] * 4, "D": [1e6, 2e6, 4e6, 8e6], "L": [4, 3.9, 3.8, 3.7]})
+    code, _, err = run(["fit-law", path, *MAP, "--draws", "10"], capsys)
+    assert code == 2 and "--draws: got 10" in err
+
+
+def test_empty_store_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "results").mkdir()
+    code, _, err = run(["fit-law", str(tmp_path / "results")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "results" in err

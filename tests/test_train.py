@@ -1,0 +1,79 @@
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from castlab.cli import main
+from castlab.models import in_scope_linears
+from castlab.train import lr_at, run_training
+from tests.conftest import tiny_config
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    lrs = [lr_at(t, 100, 1.0, "cosine", 0.1, 0.1) for t in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lr_at(50, 100, 2.0, "constant", 0.1, 0.1) == 2.0
+
+
+def _weights(run_dir):
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_from_checkpoint_is_bit_exact(tmp_path):
+    cfg = tiny_config(method="dense", tokens=12 * 8 * 64, checkpoint_every=5, eval_every=4)
+    straight = run_training(cfg, tmp_path / "straight", progress=False)
+    assert run_training(cfg, tmp_path / "resumed", progress=False, stop_after=5) is None
+    assert (tmp_path / "resumed" / "checkpoint" / "state.pt").is_file()
+    assert not (tmp_path / "resumed" / "result.parquet").exists()
+    resumed = run_training(cfg, tmp_path / "resumed", progress=False)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert resumed["eval_loss"] == straight["eval_loss"]
+    curve_a = pd.read_parquet(tmp_path / "straight" / "curve.parquet")
+    curve_b = pd.read_parquet(tmp_path / "resumed" / "curve.parquet")
+    pd.testing.assert_frame_equal(curve_a, curve_b)
+
+
+def test_cast_run_prunes_to_exact_2_4_without_prune_shock(tiny_teacher, tmp_path):
+    cfg = tiny_config(method="cast", init=str(tiny_teacher / "model"), tokens=150 * 8 * 64,
+                      lr=1e-3)
+    row = run_training(cfg, tmp_path / "cast", progress=False)
+    assert row["status"] == "ok", row["reason"]
+    assert row["exact_nm"] and row["sparsity"] == 0.5
+    assert row["params_nonzero"] == row["params_in_scope"] // 2
+    assert row["masked_kept_ratio"] < 0.01
+    assert abs(row["prune_shock"]) < 0.01 * row["eval_loss"]
+    stored = pd.read_parquet(tmp_path / "cast" / "result.parquet")
+    assert stored.loc[0, "eval_loss"] == pytest.approx(row["eval_loss"])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "cast" / "model")
+    for name, linear in in_scope_linears(model):
+        groups = linear.weight.detach().reshape(linear.weight.shape[0], -1, 4)
+        assert int((groups != 0).sum(-1).max()) <= 2, name
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_oneshot_baselines_are_exact_2_4_and_worse_than_teacher(tiny_teacher, tmp_path, method):
+    cfg = tiny_config(method=method, init=str(tiny_teacher / "model"), tokens=0,
+                      calib_sequences=16)
+    row = run_training(cfg, tmp_path / method, progress=False)
+    assert row["status"] == "ok", row["reason"]
+    assert row["exact_nm"] and row["tokens"] == 0
+    assert row["eval_loss"] > row["teacher_eval_loss"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "dense", "--model", "opt-7b", "--tokens", "1k"], "model: 'opt-7b' is not a ladder preset"),
+    (["--method", "dense", "--model", "opt-tiny", "--tokens", "-3"], "tokens: got '-3', allowed a positive"),
+    (["--method", "dense", "--model", "opt-tiny", "--tokens", "1k", "--seq-len", "4096"],
+     "seq_len: got 4096, the model accepts at most 256"),
+    (["--method", "cast", "--model", "opt-tiny", "--tokens", "1k", "--lambda", "lots"], "lambda_: got 'lots'"),
+])
+def test_train_cli_bad_inputs_exit_2_with_one_line(argv, message, tmp_path, capsys):
+    assert main(["train", *argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
