@@ -73,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, dispatch, and turn user errors into one line and exit code 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    maybe_reexec_with_tcmalloc(argv)
+    if argv is None:  # only a real command line re-executes; callers passing argv keep their process
+        argv = sys.argv[1:]
+        maybe_reexec_with_tcmalloc(argv)
+    argv = list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

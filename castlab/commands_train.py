@@ -60,7 +60,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for name in TRAIN_FLAGS:
         value = getattr(args, name)
         if value is not None:
-            data[name] = float(value) if name == "lambda_" and value != "auto" else value
+            data[name] = _number_or_text(value) if name == "lambda_" else value
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -69,6 +69,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if "method" not in data or "model" not in data:
         raise UserError("train: --method and --model are required (or a --config that sets them)")
     return from_dict(TrainConfig, data, where="train")
+
+
+def _number_or_text(value: str) -> float | str:
+    """'0.05' -> 0.05, 'auto' -> 'auto' (validation then names what is allowed)."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -182,7 +182,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     lambda_: float | Literal["auto"] = "auto"  # AdamS L1 decay coefficient
-    lambda_auto_factor: float = 1.0  # auto: lambda = factor * median |grad| of in-scope weights
+    lambda_auto_factor: float = 3.0  # auto: lambda = factor * mean |grad| of in-scope weights at start
     eta: float = 1.0 / 3.0  # KD weight on KL(teacher || student)
     kd_temperature: float = 1.0
     t1: int = 10  # mask refresh interval in steps
@@ -195,7 +195,8 @@ class TrainConfig:
     seed: int = 0
     dtype: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast forward, fp32 masters
     eval_every: int = 50  # steps
-    eval_tokens: int = 65536  # validation tokens for periodic evals (final eval uses the full split)
+    eval_tokens: int = 65536  # validation-prefix tokens for periodic evals during training
+    final_eval_tokens: int = 0  # validation/test-prefix tokens for the final numbers; 0 = whole split
     checkpoint_every: int = 200  # steps; 0 disables
     threads: int = 0  # torch threads; 0 leaves the default
     sweep: str = "adhoc"

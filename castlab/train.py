@@ -246,8 +246,7 @@ def _run(cfg, run_dir, progress, stop_after, rank, world, started) -> dict | Non
     model, tokenizer, streams = load_data_and_model(cfg)
     ctx = RunContext(cfg, run_dir, model, tokenizer, streams["train"], streams["validation"],
                      streams["test"], rank=rank, world=world)
-    teacher_eval = perplexity(model, ctx.val_tokens, cfg.seq_len, dtype=cfg.dtype)
-    ctx.extras["teacher_eval"] = teacher_eval if cfg.init is not None else None
+    ctx.extras["teacher_eval"] = _final_eval(model, ctx.val_tokens, cfg) if cfg.init else None
     ctx.extras["run_id"] = run_id
     if cfg.method in ONESHOT_METHODS:
         return _oneshot(ctx, started)
@@ -350,13 +349,18 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
     model = _unwrap(model)
     ctx.extras["train_seconds"] = train_seconds
     if method.sparse:
-        ctx.extras["loss_before_prune"] = perplexity(model, ctx.val_tokens, cfg.seq_len,
-                                                     dtype=cfg.dtype).loss
+        ctx.extras["loss_before_prune"] = _final_eval(model, ctx.val_tokens, cfg).loss
         ctx.extras["diagnostics"] = method.diagnostics()
         ctx.extras["flip_rates"] = [r["mask_flip_rate"] for r in ctx.curve if "mask_flip_rate" in r]
     ctx.extras["finalize"] = method.finalize(model)
     ctx.cfg = cfg
     return _finish(ctx, started, steps=total)
+
+
+def _final_eval(model, tokens, cfg: TrainConfig):
+    """The perplexity protocol on a split (or its first final_eval_tokens tokens)."""
+    return perplexity(model, tokens, cfg.seq_len, batch_size=max(cfg.batch_size, 16),
+                      dtype=cfg.dtype, max_tokens=cfg.final_eval_tokens or None)
 
 
 def _unwrap(model):
@@ -394,8 +398,8 @@ def _finish(ctx: RunContext, started: float, steps: int) -> dict:
 
     cfg, model, extras = ctx.cfg, ctx.model, ctx.extras
     report = extras.get("finalize")
-    final = perplexity(model, ctx.val_tokens, cfg.seq_len, dtype=cfg.dtype)
-    test = perplexity(model, ctx.test_tokens, cfg.seq_len, dtype=cfg.dtype)
+    final = _final_eval(model, ctx.val_tokens, cfg)
+    test = _final_eval(model, ctx.test_tokens, cfg)
     if not math.isfinite(final.loss):
         raise RunFailed(f"final eval loss is {final.loss}")
     if ctx.is_main:

@@ -7,7 +7,8 @@ import pytest
 from castlab.config import TrainConfig
 
 TINY = {"model": "opt-tiny", "seq_len": 64, "batch_size": 8, "eval_every": 25,
-        "eval_tokens": 8192, "checkpoint_every": 0, "threads": 1}
+        "eval_tokens": 8192, "final_eval_tokens": 32768,
+        "checkpoint_every": 0, "threads": 1}
 
 
 def tiny_config(**overrides) -> TrainConfig:
