@@ -11,7 +11,7 @@ import hashlib
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -230,6 +230,21 @@ class TrainConfig:
             raise UserError(f"{where}.init: method {self.method} needs a dense starting model")
 
     def run_id(self) -> str:
-        """Content hash of every setting that changes the result (not sweep name, not paths)."""
+        """Content hash of every setting that changes the result (not sweep name, not paths).
+
+        A castlab-trained starting model (``<run_dir>/model``) enters by its run id, so the same
+        cell has the same id whatever the cache location or machine.
+        """
         semantic = {k: v for k, v in to_dict(self).items() if k not in {"sweep", "threads"}}
+        semantic["init"] = init_identity(self.init)
         return f"{self.method}-{content_hash(semantic)}"
+
+
+def init_identity(init: str | None) -> str | None:
+    """'run:<id>' for a castlab run's model directory, else the name/path as given."""
+    if init is None:
+        return None
+    path = Path(init)
+    if path.name == "model" and (path.parent / "config.yaml").is_file():
+        return f"run:{path.parent.name}"
+    return init

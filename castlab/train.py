@@ -10,6 +10,7 @@ A run that fails (NaN loss, failed N:M verification, a crash) still writes a row
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import random
@@ -29,7 +30,13 @@ from castlab.config import ONESHOT_METHODS, TrainConfig, load_yaml, save_yaml
 from castlab.errors import UserError
 from castlab.evaluate import autocast_context, check_seq_len, perplexity
 from castlab.methods import make_method
-from castlab.models import build_preset, count_parameters, in_scope_linears, is_preset, load_pretrained
+from castlab.models import (
+    build_preset,
+    count_parameters,
+    in_scope_linears,
+    is_preset,
+    load_pretrained,
+)
 
 
 class RunFailed(Exception):
@@ -246,7 +253,7 @@ def _run(cfg, run_dir, progress, stop_after, rank, world, started) -> dict | Non
     model, tokenizer, streams = load_data_and_model(cfg)
     ctx = RunContext(cfg, run_dir, model, tokenizer, streams["train"], streams["validation"],
                      streams["test"], rank=rank, world=world)
-    ctx.extras["teacher_eval"] = _final_eval(model, ctx.val_tokens, cfg) if cfg.init else None
+    ctx.extras["teacher_eval"] = _teacher_eval(model, ctx.val_tokens, cfg) if cfg.init else None
     ctx.extras["run_id"] = run_id
     if cfg.method in ONESHOT_METHODS:
         return _oneshot(ctx, started)
@@ -361,6 +368,25 @@ def _final_eval(model, tokens, cfg: TrainConfig):
     """The perplexity protocol on a split (or its first final_eval_tokens tokens)."""
     return perplexity(model, tokens, cfg.seq_len, batch_size=max(cfg.batch_size, 16),
                       dtype=cfg.dtype, max_tokens=cfg.final_eval_tokens or None)
+
+
+def _teacher_eval(model, tokens, cfg: TrainConfig):
+    """The starting model's final-protocol eval, cached beside a local starting model.
+
+    Every run of a sweep starts from the same teacher; scoring it once per protocol (seq_len,
+    token cap, dtype) instead of once per run keeps sweep overhead down.
+    """
+    from castlab.evaluate import PerplexityResult
+
+    cache = Path(cfg.init) / f"castlab_eval_s{cfg.seq_len}_t{cfg.final_eval_tokens}_{cfg.dtype}.json"
+    if cache.is_file():
+        return PerplexityResult(**json.loads(cache.read_text()))
+    result = _final_eval(model, tokens, cfg)
+    if Path(cfg.init).is_dir():
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result.as_dict()))
+        os.replace(tmp, cache)
+    return result
 
 
 def _unwrap(model):

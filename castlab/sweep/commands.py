@@ -1,0 +1,172 @@
+"""`castlab sweep FILE` and `castlab status DIR`, and the sweep driver they share."""
+
+from __future__ import annotations
+
+import signal
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+from castlab import store
+from castlab.errors import UserError
+from castlab.sweep.backends import make_backend
+from castlab.sweep.plan import (
+    PlannedRun,
+    build_plan,
+    estimate_seconds,
+    format_seconds,
+    measured_throughput,
+)
+from castlab.sweep.runner import Outcome
+from castlab.sweep.spec import SweepSpec, load_sweep
+
+# dense-KD at the largest budget may improve on its teacher by at most this (DESIGN.md):
+# more means the teacher was not converged and the sparse law would measure leftover pretraining.
+TEACHER_CONVERGENCE_TOLERANCE = 0.02
+
+
+def plan_table(plan: list[PlannedRun]) -> tuple[list[str], float]:
+    """Lines of the dry-run table and the estimated seconds of work left."""
+    throughput = measured_throughput(sorted({r.run_dir.parent for r in plan}))
+    lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} {'estimate':>8}  cell"]
+    left = 0.0
+    for run in plan:
+        state = store.run_state(run.run_dir)
+        seconds = estimate_seconds(run, throughput)
+        if state in ("pending", "running") and seconds is not None:
+            left += seconds
+        lines.append(f"{run.run_id:<22} {run.kind:<7} {state:<8} {format_seconds(seconds):>8}  "
+                     f"{run.label}")
+    return lines, left
+
+
+def run_sweep(spec: SweepSpec, retry_failed: bool = False, progress: bool = True
+              ) -> dict[str, Outcome]:
+    """Teachers first, then every run whose teacher is done; returns {run_id: outcome}."""
+    plan = build_plan(spec)
+    backend = make_backend(spec.backend_name, spec.backend_options, progress=progress)
+    teachers = [r for r in plan if r.kind == "teacher"]
+    outcomes = backend.execute(teachers, retry_failed) if teachers else {}
+    ready, blocked = [], []
+    for run in (r for r in plan if r.kind == "run"):
+        if run.needs is None or store.run_state(run.needs) == "done":
+            ready.append(run)
+        else:
+            blocked.append(run)
+    outcomes.update(backend.execute(ready, retry_failed) if ready else {})
+    for run in blocked:
+        outcomes[run.run_id] = "blocked"
+        print(f"  blocked {run.run_id}  {run.label}: teacher {run.needs.name} is not done")
+    return outcomes
+
+
+def _cmd_sweep(args) -> int:
+    spec = load_sweep(args.file)
+    if args.backend:
+        spec.backend = args.backend
+        spec.validate(str(args.file))
+    if args.dry_run:
+        plan = build_plan(spec)
+        lines, left = plan_table(plan)
+        print("\n".join(lines))
+        counts = Counter(store.run_state(r.run_dir) for r in plan)
+        print(f"{len(plan)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
+              f"estimated time left {format_seconds(left)}; results in {spec.results_dir()}")
+        return 0
+
+    def stop(signum, frame):  # SIGTERM (scancel, kill) stops as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    started = time.time()
+    try:
+        outcomes = run_sweep(spec, retry_failed=args.retry_failed, progress=not args.quiet)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    counts = Counter(outcomes.values())
+    print(f"sweep {spec.name}: {len(outcomes)} runs in {format_seconds(time.time() - started)}: "
+          + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
+    print(f"results in {spec.results_dir()} (castlab status {spec.results_dir()})")
+    return 1 if counts.get("failed") or counts.get("blocked") else 0
+
+
+def status_table(root: Path) -> str:
+    """The status table of a results directory: every run, done/failed (reason)/running/pending."""
+    import pandas as pd
+
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such results directory")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            rows = store.load(root)
+        except UserError as err:
+            if "no result rows" not in str(err):
+                raise
+            rows = pd.DataFrame(columns=list(store.SCHEMA))
+    lines = []
+    done_dirs = {p.parent for p in store.result_paths(root)}
+    unfinished = [(d.name, store.run_state(d)) for d in sorted(
+        p.parent for p in root.rglob(store.CONFIG_FILE)) if d not in done_dirs]
+    if len(rows):
+        view = rows.assign(state=rows["status"].map({"ok": "done", "failed": "failed"}))
+        cols = ["run_id", "method", "model", "tokens", "seed", "state", "eval_loss", "ppl",
+                "wall_seconds", "reason"]
+        view = view[cols].sort_values(["model", "method", "tokens", "seed"], na_position="last")
+        view["reason"] = view["reason"].fillna("").str.slice(0, 60)
+        lines.append(view.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for run_id, state in unfinished:
+        lines.append(f"{run_id:<22} {state}")
+    for w in caught:
+        lines.append(f"unreadable: {w.message}")
+    lines.extend(convergence_check(rows))
+    states = Counter(["done" if s == "ok" else "failed" for s in rows["status"]]
+                     + [s for _, s in unfinished])
+    lines.append(f"{sum(states.values())} runs: "
+                 + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    return "\n".join(lines)
+
+
+def convergence_check(rows) -> list[str]:
+    """Per model: does dense-KD at its largest budget improve the teacher's PPL by <= 2%?"""
+    if not len(rows) or "teacher_ppl" not in rows:
+        return []
+    kd = rows[(rows["method"] == "dense-kd") & (rows["status"] == "ok")]
+    lines = []
+    for model, group in kd.groupby("model"):
+        top = group[group["tokens"] == group["tokens"].max()]
+        gain = float(((top["teacher_ppl"] - top["ppl"]) / top["teacher_ppl"]).mean())
+        verdict = "ok" if gain <= TEACHER_CONVERGENCE_TOLERANCE else "NOT CONVERGED"
+        lines.append(f"teacher check {model}: dense-kd at {int(top['tokens'].iloc[0])} tokens "
+                     f"improves teacher PPL by {100 * gain:.2f}% (limit "
+                     f"{100 * TEACHER_CONVERGENCE_TOLERANCE:.0f}%): {verdict}")
+    return lines
+
+
+def _cmd_status(args) -> int:
+    print(status_table(Path(args.results)))
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `castlab sweep` and `castlab status`."""
+    p = subparsers.add_parser(
+        "sweep", help="run (or --dry-run) a sweep file: teachers, then every cell; resumable",
+        description="Run every run of a sweep file. Done runs are skipped, interrupted runs "
+                    "resume from their checkpoint, failed runs are retried with --retry-failed.")
+    p.add_argument("file", type=Path, help="sweep YAML (see sweeps/smoke.yaml)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan: run ids, status, estimated time; run nothing")
+    p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    p.add_argument("--backend", choices=["local", "ray", "slurm"],
+                   help="override the file's backend (with default options)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or child output")
+    p.set_defaults(func=_cmd_sweep)
+
+    s = subparsers.add_parser("status", help="table of the runs in a results directory",
+                              description="Every run under DIR: done, failed (with reason), "
+                                          "running or pending; unreadable files are named.")
+    s.add_argument("results", help="results directory (e.g. results/ or results/opt_family)")
+    s.set_defaults(func=_cmd_status)

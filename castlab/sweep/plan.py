@@ -1,0 +1,199 @@
+"""From a sweep spec to a plan: dense teachers first, then one run per cell, content-hashed ids.
+
+Teachers of ladder presets live under ``cache_dir()/teachers/<run_id>`` so every sweep that
+asks for the same teacher reuses it; HF models are their own teacher (``init`` = the name).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from castlab import store
+from castlab.config import ONESHOT_METHODS, TrainConfig, from_dict
+from castlab.errors import UserError
+from castlab.models import ParamCounts, is_preset
+from castlab.paths import cache_dir
+from castlab.sweep.spec import SweepSpec, parse_budget, resolve_budget
+
+# Fallback throughput for the time estimate when the store has no finished run of a model:
+# effective training FLOP/s of one CPU run here (6 * params * tokens FLOPs per token trained).
+DEFAULT_FLOPS = 3e9
+STARTUP_SECONDS = 15.0  # process start, data and model load, final evals
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the plan: its config, directory, and the teacher it needs (if any)."""
+
+    config: TrainConfig
+    run_dir: Path
+    kind: Literal["teacher", "run"]
+    needs: Path | None = None  # the teacher's run dir, which must be done first
+
+    @property
+    def run_id(self) -> str:
+        """The content-hashed run id (also the directory name)."""
+        return self.run_dir.name
+
+    @property
+    def label(self) -> str:
+        """Short human description of the cell."""
+        c = self.config
+        return f"{c.method} {c.model} tokens={c.tokens} seed={c.seed}"
+
+
+@functools.cache
+def preset_param_counts(preset: str) -> ParamCounts:
+    """Parameter counts of a ladder preset (independent of vocabulary for the in-scope count)."""
+    from castlab.models import build_preset, count_parameters
+
+    return count_parameters(build_preset(preset, vocab_size=256))
+
+
+
+def in_scope_params(model: str) -> int:
+    """In-scope (sparsifiable) parameters of a preset, or of an HF model from its config."""
+    if is_preset(model):
+        return preset_param_counts(model).in_scope
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as err:
+        raise UserError(f"budgets: cannot read the config of '{model}' to resolve a 'xP' budget "
+                        f"({str(err).splitlines()[0]}); give absolute budgets like '2M'") from None
+    # Transformer blocks: attention (4 h^2) + MLP (2 h ffn), per layer; what in_scope_linears counts.
+    hidden = cfg.hidden_size
+    ffn = getattr(cfg, "ffn_dim", None) or getattr(cfg, "intermediate_size", 4 * hidden)
+    mlp = 3 if hasattr(cfg, "intermediate_size") and not hasattr(cfg, "ffn_dim") else 2
+    return cfg.num_hidden_layers * (4 * hidden * hidden + mlp * hidden * ffn)
+
+
+def _teacher(spec: SweepSpec, model: str) -> PlannedRun:
+    extra = {k: v for k, v in spec.teacher.items() if k != "tokens"}
+    tokens = resolve_budget(parse_budget(spec.teacher["tokens"], "teacher.tokens"),
+                            in_scope_params(model))
+    data = {**spec.train, **spec.eval_settings(), **extra, "method": "dense", "model": model,
+            "init": None, "tokens": tokens, "corpus": spec.corpus, "vocab_size": spec.vocab_size,
+            "sweep": spec.name}
+    cfg = from_dict(TrainConfig, data, where="teacher")
+    return PlannedRun(cfg, cache_dir() / "teachers" / cfg.run_id(), "teacher")
+
+
+def _lambda_for(spec: SweepSpec, budget_index: int | None) -> float | str:
+    lam = spec.lambda_
+    if isinstance(lam, list):
+        return lam[budget_index] if budget_index is not None else "auto"
+    return lam
+
+
+def _extra_seeds(spec: SweepSpec, model: str, method: str, budget: int | float | None) -> list[int]:
+    seeds: list[int] = []
+    largest = max(spec.parsed_budgets) if spec.parsed_budgets else None
+    for extra in spec.extra_seeds:
+        if extra.models is not None and model not in extra.models:
+            continue
+        if extra.methods is not None and method not in extra.methods:
+            continue
+        if extra.budgets is not None and budget is not None:
+            wanted = {largest if b == "largest" else parse_budget(b, "extra_seeds") for b in extra.budgets}
+            if budget not in wanted:
+                continue
+        seeds.extend(extra.seeds)
+    return seeds
+
+
+def build_plan(spec: SweepSpec) -> list[PlannedRun]:
+    """Teachers (one per preset) then every cell; duplicates (same run id) appear once."""
+    results = spec.results_dir()
+    plan: dict[str, PlannedRun] = {}
+    for model in spec.models:
+        teacher = _teacher(spec, model) if is_preset(model) else None
+        if teacher is not None:
+            plan.setdefault(teacher.run_id, teacher)
+        init = str(teacher.run_dir / "model") if teacher else model
+        params = None
+        for mspec in spec.method_specs:
+            if mspec.name in ONESHOT_METHODS:
+                cells: list[tuple[int | float | None, int | None]] = [(None, None)]
+            elif mspec.budgets is not None:
+                parsed = [parse_budget(b, "budgets") for b in mspec.budgets]
+                cells = [(b, spec.parsed_budgets.index(b) if b in spec.parsed_budgets else None)
+                         for b in parsed]
+            else:
+                cells = [(b, i) for i, b in enumerate(spec.parsed_budgets)]
+            for budget, index in cells:
+                if budget is None:
+                    tokens = 0
+                else:
+                    if isinstance(budget, float) and params is None:
+                        params = in_scope_params(model)
+                    tokens = resolve_budget(budget, params or 0)
+                seeds = list(spec.seeds) + _extra_seeds(spec, model, mspec.name, budget)
+                for seed in dict.fromkeys(seeds):
+                    data = {**spec.train, **spec.eval_settings(), **mspec.settings,
+                            "method": mspec.name, "model": model, "init": init, "tokens": tokens,
+                            "seed": seed, "corpus": spec.corpus, "vocab_size": spec.vocab_size,
+                            "sweep": spec.name, "lambda_": _lambda_for(spec, index)}
+                    cfg = from_dict(TrainConfig, data, where=f"{mspec.name} {model}")
+                    run = PlannedRun(cfg, results / cfg.run_id(), "run",
+                                     needs=teacher.run_dir if teacher else None)
+                    plan.setdefault(run.run_id, run)
+    runs = list(plan.values())
+    return [r for r in runs if r.kind == "teacher"] + [r for r in runs if r.kind == "run"]
+
+
+# ---- estimates -----------------------------------------------------------------------------
+
+
+def measured_throughput(dirs: list[Path]) -> dict[tuple[str, str], float]:
+    """Median tokens/s of finished rows per (model, method), and per (model, '*')."""
+    import pandas as pd
+
+    frames = []
+    for d in dirs:
+        if d.exists() and any(store.result_paths(d)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # unreadable rows are reported by `castlab status`
+                try:
+                    frames.append(store.load(d))
+                except UserError:
+                    continue
+    if not frames:
+        return {}
+    df = pd.concat(frames, ignore_index=True)
+    df = df[(df["status"] == "ok") & (df["tokens_per_second"] > 0)]
+    out = {(m, meth): float(v) for (m, meth), v in
+           df.groupby(["model", "method"])["tokens_per_second"].median().items()}
+    out.update({(m, "*"): float(v) for m, v in df.groupby("model")["tokens_per_second"].median().items()})
+    return out
+
+
+def estimate_seconds(run: PlannedRun, throughput: dict[tuple[str, str], float]) -> float | None:
+    """Expected wall seconds of a run from measured throughput, else from DEFAULT_FLOPS."""
+    cfg = run.config
+    if cfg.method in ONESHOT_METHODS:
+        return STARTUP_SECONDS
+    rate = throughput.get((cfg.model, cfg.method)) or throughput.get((cfg.model, "*"))
+    if rate is None:
+        if not is_preset(cfg.model):
+            return None
+        total = preset_param_counts(cfg.model).total
+        teacher_factor = 1.0 if cfg.method == "dense" else 1.5  # KD adds a teacher forward
+        rate = DEFAULT_FLOPS / (6 * total * teacher_factor)
+    return STARTUP_SECONDS + int(cfg.tokens) / rate
+
+
+def format_seconds(seconds: float | None) -> str:
+    """'1h02m', '3m05s', '12s', or '?'."""
+    if seconds is None or math.isnan(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
