@@ -122,6 +122,73 @@ def bench_cast_step(preset: str = "opt-1.3m", batch: int = 16, seq_len: int = 12
                  f"seq {seq_len}, vocab {vocab}, fp32, median of {repeats}")]
 
 
+def measure_cast_memory(preset: str = "opt-3m", batch: int = 2, seq_len: int = 64,
+                        vocab: int = 8192, steps: int = 3) -> dict:
+    """Peak RSS growth of CAST training steps vs the analytic state size (run in a child).
+
+    Analytic: fp32 student weights + grads + two Adam moments + the frozen teacher's weights +
+    one bool per in-scope weight (the masks). Everything else (activations, logits, AdamS's
+    float copy of the pruned mask, allocator slack) is what the ratio measures.
+    """
+    import copy
+    import resource
+
+    from castlab.config import TrainConfig
+    from castlab.methods import make_method
+    from castlab.models import build_preset, count_parameters
+    from castlab.sparsity.distill import kd_loss, teacher_logits
+
+    data = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    model = build_preset(preset, vocab_size=vocab)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    cfg = TrainConfig(method="cast", model=preset, lambda_=0.05, tokens=1000)
+    opt = make_method(cfg).build_optimizer(model, 1e-4, total_steps=100)
+    for _ in range(steps):
+        logits = model(input_ids=data).logits[:, :-1]
+        kd_loss(logits, teacher_logits(teacher, data)[:, :-1], data[:, 1:]).total.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)  # keep grads allocated: they are part of the peak
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    counts = count_parameters(model)
+    params = sum(p.numel() for p in model.parameters())
+    analytic = 4 * params * 4 + 4 * counts.total + counts.in_scope
+    return {"measured": peak - before, "analytic": analytic, "params": params}
+
+
+def bench_memory(preset: str = "opt-3m") -> list[dict]:
+    """Peak memory of CAST steps vs the analytic sum, in a fresh child process."""
+    code = ("import json; from castlab.bench import measure_cast_memory as m; "
+            f"print(json.dumps(m({preset!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = result["measured"] / result["analytic"]
+    return [_row(f"CAST peak memory / analytic state, {preset}", ratio, "x", "<= 1.2",
+                 ratio <= 1.2, f"{result['measured'] / 2**20:.1f} MiB RSS growth vs "
+                 f"{result['analytic'] / 2**20:.1f} MiB (weights+grads+2 moments+teacher+bool "
+                 f"masks); batch 2 x seq 64, fp32")]
+
+
+def bench_sweep(results: str = "results/reference/opt_family") -> list[dict]:
+    """Sweep wall time vs time inside training steps, from a stored sweep (issue 7)."""
+    from pathlib import Path
+
+    from castlab import store
+
+    timing_file = Path(results) / "sweep_timing.json"
+    if not Path(results).is_dir():
+        return [_row("sweep overhead", float("nan"), "", note=f"no results at {results}")]
+    rows = store.load(results)
+    rows = rows[rows["status"] == "ok"]
+    wall = (json.loads(timing_file.read_text())["wall_seconds"] if timing_file.is_file()
+            else float(rows["wall_seconds"].sum()))
+    in_steps = float(rows["train_seconds"].fillna(0).sum())
+    overhead = 1 - in_steps / wall
+    return [_row("sweep time outside training steps", 100 * overhead, "% of wall", "<= 10",
+                 overhead <= 0.10, f"{wall:.0f} s wall, {in_steps:.0f} s in training steps, "
+                 f"{len(rows)} runs ({results})")]
+
+
 def _optimizer_rows() -> list[dict]:
     from castlab.sparsity.bench import run_optimizer_bench
 
@@ -139,6 +206,8 @@ BENCH_GROUPS = {
     "step": bench_cast_step,
     "fit": _fit_rows,
     "tcmalloc": bench_tcmalloc,
+    "memory": bench_memory,
+    "sweep": bench_sweep,
 }
 
 

@@ -119,17 +119,25 @@ def save_yaml(obj: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
-def load_yaml(cls: type, path: str | Path) -> Any:
-    """Read and validate a dataclass from a YAML file; bad YAML or fields are UserErrors."""
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """Parse a YAML file; a missing file, bad YAML or non-text content is a one-line UserError."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path}: no such {what}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}: invalid YAML{at}: {getattr(err, 'problem', err)}") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}: invalid YAML{at}: {problem}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (invalid UTF-8)") from None
+
+
+def load_yaml(cls: type, path: str | Path) -> Any:
+    """Read and validate a dataclass from a YAML file; bad YAML or fields are UserErrors."""
+    data = read_yaml(path)
     return from_dict(cls, data if data is not None else {}, where=str(path))
 
 

@@ -222,6 +222,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
         if row is not None:
             store.write_row(run_dir, row)
         store.clear_running(run_dir)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
     return row
 
 
@@ -324,11 +327,18 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
         method.before_forward(step)
         batch = stream.next_batch()
         if ctx.world > 1:  # every rank draws the same global batch and keeps its own rows
+            if cfg.batch_size % ctx.world:
+                raise UserError(f"batch_size: {cfg.batch_size} is not divisible by the "
+                                f"{ctx.world} processes of this torchrun")
             batch = batch[ctx.rank::ctx.world]
         loss = step_loss(model, teacher, batch, cfg)
-        if not torch.isfinite(loss):
-            raise RunFailed(f"loss became {loss.item()} at step {step}")
         loss.backward()
+        logged_loss = loss.detach()
+        if ctx.world > 1:  # log the global-batch loss, as a single process would
+            dist.all_reduce(logged_loss)
+            logged_loss = logged_loss / ctx.world
+        if not torch.isfinite(logged_loss):
+            raise RunFailed(f"loss became {logged_loss.item()} at step {step}")
         method.after_backward(step)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -337,7 +347,7 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
         train_seconds += time.perf_counter() - t0
         step += 1
         record = {"step": step, "tokens": step * cfg.batch_size * cfg.seq_len,
-                  "train_loss": loss.item(), "lr": lr}
+                  "train_loss": logged_loss.item(), "lr": lr}
         if step % cfg.eval_every == 0 or step == total:
             record["eval_loss"] = perplexity(_unwrap(model), ctx.val_tokens, cfg.seq_len,
                                              dtype=cfg.dtype, max_tokens=cfg.eval_tokens).loss

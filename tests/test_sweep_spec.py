@@ -10,7 +10,7 @@ import yaml
 from castlab import cli
 from castlab.models import build_preset, count_parameters
 from castlab.sweep.plan import build_plan
-from castlab.sweep.spec import load_sweep
+from castlab.sweep.spec import load_sweep, parse_budget, resolve_budget
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
@@ -64,9 +64,10 @@ def test_opt_family_design():
                            if c.method == method and c.model == model and c.tokens == cells[-1])
             assert seeds == [0, 1, 2]
     teachers = {r.config.model: r.config.tokens for r in plan if r.kind == "teacher"}
-    for model, tokens in teachers.items():  # '40xP' against independently counted params
+    assert teachers == dict.fromkeys(spec.models, 4_000_000)
+    for model in spec.models:  # '40xP' against independently counted params
         in_scope = count_parameters(build_preset(model, vocab_size=8192)).in_scope
-        assert tokens == 40 * in_scope
+        assert resolve_budget(parse_budget("40xP", "budgets"), in_scope) == 40 * in_scope
 
 
 def test_plan_links_teachers_and_ids_ignore_paths(tmp_path, monkeypatch):

@@ -210,7 +210,21 @@ class LogLinear(Form):
         return np.array([v["a"] - v["b"] * np.log(sc.d0), v["b"]])
 
 
-class DenseGap(Form):
+
+class _GapParams:
+    """Public <-> internal parameters shared by the gap forms: G_inf + C N^-gamma D^-beta,
+    fitted as c = ln C - gamma ln N0 - beta ln D0 so N and D can be rescaled near 1."""
+
+    def public(self, theta, sc):
+        g, c, ga, be = map(float, theta)
+        return {"G_inf": g, "C": np.exp(c) * sc.n0**ga * sc.d0**be, "gamma": ga, "beta": be}
+
+    def internal(self, v, sc):
+        c = np.log(v["C"]) - v["gamma"] * np.log(sc.n0) - v["beta"] * np.log(sc.d0)
+        return np.array([v["G_inf"], c, v["gamma"], v["beta"]])
+
+
+class DenseGap(_GapParams, Form):
     """L = L_dense(N) + G_inf + C N^-gamma D^-beta (gap to the dense teacher closes with D)."""
 
     name = "dense_gap"
@@ -238,16 +252,9 @@ class DenseGap(Form):
             return y
         return y, np.stack([inv, t * inv, -t * x.logn * inv, -t * x.logd * inv], axis=-1)
 
-    def public(self, theta, sc):
-        g, c, ga, be = map(float, theta)
-        return {"G_inf": g, "C": np.exp(c) * sc.n0**ga * sc.d0**be, "gamma": ga, "beta": be}
-
-    def internal(self, v, sc):
-        c = np.log(v["C"]) - v["gamma"] * np.log(sc.n0) - v["beta"] * np.log(sc.d0)
-        return np.array([v["G_inf"], c, v["gamma"], v["beta"]])
 
 
-class KdGap(Form):
+class KdGap(_GapParams, Form):
     """ln L_sparse(N, D) - ln L_densekd(N, D) = G_inf + C N^-gamma D^-beta (gap to the dense-kd twin)."""
 
     name = "kd_gap"
@@ -274,13 +281,6 @@ class KdGap(Form):
             return y
         return y, np.stack([np.ones_like(t), t, -t * x.logn, -t * x.logd], axis=-1)
 
-    def public(self, theta, sc):
-        g, c, ga, be = map(float, theta)
-        return {"G_inf": g, "C": np.exp(c) * sc.n0**ga * sc.d0**be, "gamma": ga, "beta": be}
-
-    def internal(self, v, sc):
-        c = np.log(v["C"]) - v["gamma"] * np.log(sc.n0) - v["beta"] * np.log(sc.d0)
-        return np.array([v["G_inf"], c, v["gamma"], v["beta"]])
 
 
 class Frantar(Form):

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from castlab.config import (
     METHODS,
     ONESHOT_METHODS,
@@ -21,6 +19,7 @@ from castlab.config import (
     TrainConfig,
     from_dict,
     parse_count,
+    read_yaml,
 )
 from castlab.errors import UserError
 from castlab.models import PRESETS, is_preset
@@ -277,17 +276,7 @@ def _check_train_keys(data: dict[str, Any], where: str, owned: set[str] | None =
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file; every problem is a one-line UserError naming the field."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such sweep file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{path}: invalid YAML{at}: {problem}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file (invalid UTF-8)") from None
+    data = read_yaml(path, what="sweep file")
     if data is None:
         raise UserError(f"{path}: empty sweep file, allowed a mapping with name, models, methods, ...")
     return from_dict(SweepSpec, data, where=str(path))
