@@ -167,6 +167,11 @@ def parse_count(value: int | float | str, where: str) -> int:
     return int(round(number))
 
 
+# Settings that change where or how fast a run goes, or what extra is measured after it, but not
+# the trained model: they stay out of the run id so adding them never orphans a stored run.
+NOT_IN_RUN_ID = {"sweep", "threads", "zeroshot_tasks", "zeroshot_limit"}
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines one training (or one-shot pruning) run."""
@@ -207,6 +212,8 @@ class TrainConfig:
     final_eval_tokens: int = 0  # validation/test-prefix tokens for the final numbers; 0 = whole split
     checkpoint_every: int = 200  # steps; 0 disables
     threads: int = 0  # torch threads; 0 leaves the default
+    zeroshot_tasks: str = ""  # comma list for castlab.zeroshot after the run ("" = none, "all")
+    zeroshot_limit: int = 0  # documents per zero-shot task (0 = all)
     sweep: str = "adhoc"
 
     def validate(self, where: str = "config") -> None:
@@ -243,7 +250,7 @@ class TrainConfig:
         A castlab-trained starting model (``<run_dir>/model``) enters by its run id, so the same
         cell has the same id whatever the cache location or machine.
         """
-        semantic = {k: v for k, v in to_dict(self).items() if k not in {"sweep", "threads"}}
+        semantic = {k: v for k, v in to_dict(self).items() if k not in NOT_IN_RUN_ID}
         semantic["init"] = init_identity(self.init)
         return f"{self.method}-{content_hash(semantic)}"
 

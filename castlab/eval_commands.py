@@ -34,14 +34,12 @@ def load_model_and_tokenizer(model_spec: str, tokenizer_spec: str | None = None)
 
 def token_stream(tokenizer, corpus: str, split: str, max_tokens: int | None = None
                  ) -> torch.Tensor:
-    """One split of a castlab corpus tokenized with ``tokenizer`` into a 1-D LongTensor."""
-    from castlab.data import load_corpus
+    """One split of a castlab corpus as the shared token stream (castlab.data.split_token_ids)."""
+    from castlab.data import load_corpus, split_token_ids
 
-    texts = load_corpus(corpus).splits.get(split)
-    if not texts:
+    stream = split_token_ids(load_corpus(corpus), split, tokenizer, progress=False)
+    if stream.numel() == 0:
         raise UserError(f"corpus '{corpus}' has no '{split}' text")
-    ids = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
-    stream = torch.tensor(ids, dtype=torch.long)
     return stream[:max_tokens] if max_tokens else stream
 
 

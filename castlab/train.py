@@ -443,6 +443,12 @@ def _finish(ctx: RunContext, started: float, steps: int) -> dict:
         if ctx.curve:
             store.write_curve(ctx.run_dir, ctx.curve)
     counts = count_parameters(model)
+    zeroshot = {}
+    if cfg.zeroshot_tasks:
+        from castlab.zeroshot import evaluate_zeroshot, row_columns
+
+        zeroshot = row_columns(evaluate_zeroshot(model, ctx.tokenizer, cfg.zeroshot_tasks,
+                                                 limit=cfg.zeroshot_limit or None))
     teacher_eval = extras.get("teacher_eval")
     sparse = report is not None
     before = extras.get("loss_before_prune", final.loss if not sparse else float("nan"))
@@ -477,7 +483,7 @@ def _finish(ctx: RunContext, started: float, steps: int) -> dict:
         "decay_budget_warning": extras.get("decay_budget_warning") or "",
         "wall_seconds": time.time() - started, "train_seconds": train_seconds,
         "tokens_per_second": tokens / train_seconds if train_seconds > 0 else float("nan"),
-        "status": "ok", "reason": "", **_versions(),
+        "status": "ok", "reason": "", **_versions(), **zeroshot,
     }
 
 

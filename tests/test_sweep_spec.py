@@ -215,3 +215,14 @@ def test_malformed_sweep_files_fail_with_one_line(tmp_path, run_cli):
 def test_missing_file(tmp_path, run_cli):
     code, _, err = run_cli("sweep", str(tmp_path / "nope.yaml"), "--dry-run")
     assert code == 2 and "nope.yaml: no such sweep file" in err
+
+
+def test_eval_zeroshot_becomes_train_settings(tmp_path):
+    text = (SWEEPS / "smoke.yaml").read_text().replace(
+        "  every: 50", "  every: 50\n  zeroshot: [piqa, boolq]\n  zeroshot_limit: 20")
+    path = tmp_path / "zs.yaml"
+    path.write_text(text)
+    runs = [r.config for r in build_plan(load_sweep(path)) if r.kind == "run"]
+    assert runs and all(c.zeroshot_tasks == "piqa,boolq" and c.zeroshot_limit == 20 for c in runs)
+    plain = [r.config for r in build_plan(load_sweep(SWEEPS / "smoke.yaml")) if r.kind == "run"]
+    assert [c.run_id() for c in runs] == [c.run_id() for c in plain]

@@ -81,3 +81,16 @@ def test_train_cli_bad_inputs_exit_2_with_one_line(argv, message, tmp_path, caps
     assert main(["train", *argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_zeroshot_columns_join_the_row_without_changing_the_run_id(tiny_teacher, tmp_path):
+    cfg = tiny_config(method="magnitude", init=str(tiny_teacher / "model"), tokens=0,
+                      calib_sequences=4, zeroshot_tasks="piqa,boolq", zeroshot_limit=4)
+    assert cfg.run_id() == tiny_config(method="magnitude", init=str(tiny_teacher / "model"),
+                                       tokens=0, calib_sequences=4).run_id()
+    row = run_training(cfg, tmp_path / "zs", progress=False)
+    stored = pd.read_parquet(tmp_path / "zs" / "result.parquet").iloc[0]
+    for task in ("piqa", "boolq"):
+        assert stored[f"zs_{task}_n"] == 4
+        assert 0.0 <= stored[f"zs_{task}_acc"] <= 1.0
+        assert stored[f"zs_{task}_acc"] == row[f"zs_{task}_acc"]

