@@ -312,7 +312,7 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         start_step, train_seconds, ctx.curve = state["step"], state["train_seconds"], state["curve"]
-    elif method.sparse and ctx.is_main:
+    elif cfg.method == "cast" and ctx.is_main:  # the decay-budget check is about AdamS
         _decay_budget_warning(ctx, optimizer, peak_lr, total)
     ctx.extras.update(peak_lr=peak_lr, lambda_=cfg.lambda_, total_steps=total)
 

@@ -94,3 +94,17 @@ def test_zeroshot_columns_join_the_row_without_changing_the_run_id(tiny_teacher,
         assert stored[f"zs_{task}_n"] == 4
         assert 0.0 <= stored[f"zs_{task}_acc"] <= 1.0
         assert stored[f"zs_{task}_acc"] == row[f"zs_{task}_acc"]
+
+
+@pytest.mark.parametrize("method", ["sr-ste", "ast", "dense-kd"])
+def test_trained_baselines_finish_with_the_expected_sparsity(tiny_teacher, tmp_path, method):
+    cfg = tiny_config(method=method, init=str(tiny_teacher / "model"), tokens=30 * 8 * 64,
+                      lr=1e-3)
+    row = run_training(cfg, tmp_path / method, progress=False)
+    assert row["status"] == "ok", row["reason"]
+    if method == "dense-kd":
+        assert row["sparsity"] == 0.0 and row["params_nonzero"] == row["params_in_scope"]
+    else:  # the masked forward means the final prune changes nothing the model used
+        assert row["exact_nm"] and row["params_nonzero"] <= row["params_in_scope"] // 2
+        assert row["prune_shock"] == pytest.approx(0.0, abs=1e-6)
+        assert row["eval_loss"] == pytest.approx(row["loss_before_prune"], abs=1e-6)
