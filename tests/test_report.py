@@ -156,7 +156,9 @@ def test_runs_and_failed_tables(rows):
 def test_targets_from_rows(rows):
     text, verdict = targets.oneshot_target(rows)
     assert verdict == targets.NOT_MET  # opt-b: cast 66 > sparsegpt 65
-    assert "opt-a: cast <= 80.00 vs best one-shot 81.00 (sparsegpt)" in text
+    assert ("opt-a: best one-shot sparsegpt 81.00; cast 80.00 at 1,000 tokens, 62.00 at 4,000; "
+            "cast wins at every budget") in text
+    assert text.endswith("cast wins from 2,000 tokens on")  # opt-b: 66 > 65, then 58 and 59
     text, verdict = targets.trained_target(rows)
     assert verdict == targets.NOT_MET and "opt-a 2,000: cast 70.00 vs ast 69.00" in text
     text, verdict = targets.gap_target(rows)
@@ -303,13 +305,20 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "make_report: error: --ship-only needs --ship-from DIR"
     assert main(["--results", str(tmp_path / "nope"), "--reuse-law"]) == 2
     assert "no such results directory" in capsys.readouterr().err
+    res = make_store(tmp_path / "ref")
+    assert main(["--results", str(res), "--forms", "power_d,cubic"]) == 2
+    assert "unknown law form 'cubic', allowed auto, power_d" in capsys.readouterr().err
+    assert main(["--results", str(res), "--reuse-law"]) == 2
+    assert "no stored law study; run without --reuse-law first" in capsys.readouterr().err
 
 
 def test_generate_then_reuse_is_stable_and_detects_drift(tmp_path, capsys):
     res = make_store(tmp_path / "ref")
     out = ["--results", str(res), "--report", str(tmp_path / "R.md"),
            "--figures", str(tmp_path / "fig")]
-    assert main(out + ["--draws", "5", "--heldout-draws", "3", "--sweep-seconds", "1100"]) == 0
+    # two cheap forms and a handful of draws keep this fast
+    assert main(out + ["--draws", "5", "--heldout-draws", "3", "--sweep-seconds", "1100",
+                       "--forms", "power_d,loglinear"]) == 0
     text = (tmp_path / "R.md").read_text()
     study = load_study(res / LAW_FILE)
     rows = store.load(res)
