@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -255,11 +256,18 @@ class TrainConfig:
         return f"{self.method}-{content_hash(semantic)}"
 
 
+RUN_DIR_NAME = re.compile(r"^[a-z][a-z-]*-[0-9a-f]{12}$")
+
+
 def init_identity(init: str | None) -> str | None:
-    """'run:<id>' for a castlab run's model directory, else the name/path as given."""
+    """'run:<id>' for a castlab run's model directory (``.../<run_id>/model``), else ``init``.
+
+    Decided from the path alone, never from what exists on disk, so a run's id is the same
+    before and after its teacher has been trained.
+    """
     if init is None:
         return None
     path = Path(init)
-    if path.name == "model" and (path.parent / "config.yaml").is_file():
+    if path.name == "model" and RUN_DIR_NAME.match(path.parent.name):
         return f"run:{path.parent.name}"
     return init

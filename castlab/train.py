@@ -431,6 +431,7 @@ def _decay_budget_warning(ctx: RunContext, optimizer, peak_lr: float, total: int
 def _finish(ctx: RunContext, started: float, steps: int) -> dict:
     """Final evals, save the model, and build the result row (the caller writes it last)."""
     from castlab import store
+    from castlab.sparsity.masks import nm_violations
 
     cfg, model, extras = ctx.cfg, ctx.model, ctx.extras
     report = extras.get("finalize")
@@ -476,7 +477,7 @@ def _finish(ctx: RunContext, started: float, steps: int) -> dict:
         "test_loss": test.loss, "test_ppl": test.ppl,
         "loss_before_prune": before,
         "prune_shock": final.loss - before if sparse else 0.0,
-        "exact_nm": bool(sparse),
+        "exact_nm": bool(sparse) and not nm_violations(model, cfg.nm_n, cfg.nm_m),
         "masked_kept_ratio": diagnostics.get("masked_kept_ratio",
                                              getattr(report, "masked_kept_ratio", float("nan"))),
         "mask_flip_rate": float(np.nanmean(flips)) if np.isfinite(flips).any() else float("nan"),

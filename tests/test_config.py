@@ -40,3 +40,17 @@ def test_parse_count_suffixes():
     assert parse_count("2M", "x") == 2_000_000
     assert parse_count("1.5k", "x") == 1500
     assert parse_count(64, "x") == 64
+
+
+def test_run_id_of_a_continued_run_depends_on_the_teacher_id_not_its_path_or_existence(tmp_path):
+    def cast_from(init):
+        return TrainConfig(method="cast", model="opt-100k", init=init, tokens=1000)
+
+    a = cast_from(str(tmp_path / "cacheA" / "teachers" / "dense-0123456789ab" / "model"))
+    before = a.run_id()
+    (tmp_path / "cacheA" / "teachers" / "dense-0123456789ab" / "model").mkdir(parents=True)
+    (tmp_path / "cacheA" / "teachers" / "dense-0123456789ab" / "config.yaml").write_text("x: 1\n")
+    assert a.run_id() == before  # the teacher now exists: same id
+    assert cast_from("/elsewhere/dense-0123456789ab/model").run_id() == before
+    assert cast_from("/elsewhere/dense-ffffffffffff/model").run_id() != before
+    assert cast_from("facebook/opt-125m").run_id() != cast_from("facebook/opt-350m").run_id()

@@ -41,7 +41,9 @@ def pred_vs_actual(law: Law, pts: Points, heldout: pd.DataFrame, path: Path) -> 
     ho = heldout[heldout["scheme"] == "tokens"].dropna(subset=["pred_ppl"])
     if len(ho):
         err = np.vstack([ho["pred_ppl"] - ho["lo_ppl"], ho["hi_ppl"] - ho["pred_ppl"]])
-        ax.errorbar(ho["ppl"], ho["pred_ppl"], yerr=np.where(np.isfinite(err), err, 0), fmt="x",
+        # a bootstrap interval need not contain the point prediction: clip the bars at 0
+        err = np.clip(np.where(np.isfinite(err), err, 0), 0, None)
+        ax.errorbar(ho["ppl"], ho["pred_ppl"], yerr=err, fmt="x",
                     color="tab:red", ms=6, alpha=0.8, elinewidth=0.8,
                     label=f"held out (larger budgets), {law.level:.0%} interval")
     allv = np.concatenate([actual, fitted, ho["pred_ppl"].to_numpy()])
