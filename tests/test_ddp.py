@@ -32,6 +32,11 @@ def test_two_process_ddp_matches_one_process(tiny_teacher, tmp_path):
     one = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "model").state_dict()
     two = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model").state_dict()
     for key in one:
+        if key.endswith("k_proj.bias"):
+            # Its exact gradient is zero (a key bias adds the same q.b to every score, and softmax
+            # ignores that), so Adam turns float round-off, which differs with the reduction
+            # order, into lr-sized steps: no process count can make it agree.
+            continue
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model")
     for name, linear in in_scope_linears(model):  # masks stayed element-aligned: exact 2:4 rows
