@@ -223,6 +223,12 @@ class _GapParams:
         c = np.log(v["C"]) - v["gamma"] * np.log(sc.n0) - v["beta"] * np.log(sc.d0)
         return np.array([v["G_inf"], c, v["gamma"], v["beta"]])
 
+    @staticmethod
+    def _gap_terms(theta, x):
+        """(G_inf, C N^-gamma D^-beta) for stacked thetas: the shared part of both gap laws."""
+        g, c, ga, be = (_col(theta, i) for i in range(4))
+        return g, np.exp(c - ga * x.logn - be * x.logd)
+
 
 class DenseGap(_GapParams, Form):
     """L = L_dense(N) + G_inf + C N^-gamma D^-beta (gap to the dense teacher closes with D)."""
@@ -245,8 +251,7 @@ class DenseGap(_GapParams, Form):
                      [0.1, 0.3, 0.6, 1.2])
 
     def log_loss(self, theta, x, jac=False):
-        g, c, ga, be = (_col(theta, i) for i in range(4))
-        t = np.exp(c - ga * x.logn - be * x.logd)
+        g, t = self._gap_terms(theta, x)
         y, inv = _safe_log(x.ldense + g + t)
         if not jac:
             return y
@@ -274,8 +279,7 @@ class KdGap(_GapParams, Form):
                      [0.1, 0.3, 0.6, 1.2])
 
     def log_loss(self, theta, x, jac=False):
-        g, c, ga, be = (_col(theta, i) for i in range(4))
-        t = np.exp(c - ga * x.logn - be * x.logd)
+        g, t = self._gap_terms(theta, x)
         y = np.log(x.lkd) + g + t
         if not jac:
             return y

@@ -35,6 +35,17 @@ def _report(bar: tqdm, run: PlannedRun, outcome: str) -> None:
         tqdm.write(f"  {outcome:<7} {run.run_id}  {run.label}")
 
 
+
+def _import_backend_package(module: str, backend: str, extra: str):
+    """Import an optional backend package, or a one-line UserError saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"backend {backend}: the '{module}' package is not installed "
+                        f"(pip install 'castlab[{extra}]')") from None
+
 @dataclass
 class LocalBackend:
     """One run after another on this machine, each in its own child process."""
@@ -77,11 +88,7 @@ class RayBackend:
 
     def execute(self, runs: list[PlannedRun], retry_failed: bool) -> dict[str, Outcome]:
         """Submit every run as a task; a failed task fails its run only."""
-        try:
-            import ray
-        except ImportError:
-            raise UserError("backend ray: the 'ray' package is not installed "
-                            "(pip install 'castlab[ray]')") from None
+        ray = _import_backend_package("ray", backend="ray", extra="ray")
         opts = self.options
         try:
             # Workers import castlab from this checkout (a shared filesystem, as on any cluster).
@@ -141,11 +148,7 @@ class SlurmBackend:
 
     def execute(self, runs: list[PlannedRun], retry_failed: bool) -> dict[str, Outcome]:
         """Submit the runs as one job array and wait for every job."""
-        try:
-            import submitit
-        except ImportError:
-            raise UserError("backend slurm: the 'submitit' package is not installed "
-                            "(pip install 'castlab[slurm]')") from None
+        submitit = _import_backend_package("submitit", backend="slurm", extra="slurm")
         if not runs:
             return {}
         opts = self.options
