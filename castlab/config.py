@@ -196,7 +196,7 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     lambda_: float | Literal["auto"] = "auto"  # AdamS L1 decay coefficient
-    lambda_auto_factor: float = 3.0  # auto: lambda = factor * mean |grad| of in-scope weights at start
+    lambda_auto_factor: float = 300.0  # auto: lambda = factor * mean |grad| of in-scope weights at start
     eta: float = 1.0 / 3.0  # KD weight on KL(teacher || student)
     kd_temperature: float = 1.0
     t1: int = 10  # mask refresh interval in steps

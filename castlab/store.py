@@ -85,6 +85,7 @@ SCHEMA: dict[str, pa.DataType] = {
     "mask_flip_rate": pa.float64(),
     "wall_seconds": pa.float64(),
     "train_seconds": pa.float64(),
+    "eval_seconds": pa.float64(),
     "tokens_per_second": pa.float64(),
     "status": pa.string(),
     "reason": pa.string(),

@@ -256,7 +256,7 @@ def _run(cfg, run_dir, progress, stop_after, rank, world, started) -> dict | Non
     model, tokenizer, streams = load_data_and_model(cfg)
     ctx = RunContext(cfg, run_dir, model, tokenizer, streams["train"], streams["validation"],
                      streams["test"], rank=rank, world=world)
-    ctx.extras["teacher_eval"] = _teacher_eval(model, ctx.val_tokens, cfg) if cfg.init else None
+    ctx.extras["teacher_eval"] = _teacher_eval(ctx) if cfg.init else None
     ctx.extras["run_id"] = run_id
     if cfg.method in ONESHOT_METHODS:
         return _oneshot(ctx, started)
@@ -349,8 +349,8 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
         record = {"step": step, "tokens": step * cfg.batch_size * cfg.seq_len,
                   "train_loss": logged_loss.item(), "lr": lr}
         if step % cfg.eval_every == 0 or step == total:
-            record["eval_loss"] = perplexity(_unwrap(model), ctx.val_tokens, cfg.seq_len,
-                                             dtype=cfg.dtype, max_tokens=cfg.eval_tokens).loss
+            record["eval_loss"] = _timed_perplexity(ctx, _unwrap(model), ctx.val_tokens, cfg,
+                                                    cfg.eval_tokens).loss
             record.update(method.diagnostics())
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", eval=f"{record['eval_loss']:.3f}")
         ctx.curve.append(record)
@@ -366,7 +366,7 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
     model = _unwrap(model)
     ctx.extras["train_seconds"] = train_seconds
     if method.sparse:
-        ctx.extras["loss_before_prune"] = _final_eval(model, ctx.val_tokens, cfg).loss
+        ctx.extras["loss_before_prune"] = _final_eval(ctx, model, ctx.val_tokens, cfg).loss
         ctx.extras["diagnostics"] = method.diagnostics()
         ctx.extras["flip_rates"] = [r["mask_flip_rate"] for r in ctx.curve if "mask_flip_rate" in r]
     ctx.extras["finalize"] = method.finalize(model)
@@ -374,13 +374,21 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
     return _finish(ctx, started, steps=total)
 
 
-def _final_eval(model, tokens, cfg: TrainConfig):
+def _timed_perplexity(ctx: RunContext, model, tokens, cfg: TrainConfig, max_tokens: int | None):
+    """``perplexity`` with its seconds added to the run's eval_seconds (the sweep overhead bench)."""
+    t0 = time.perf_counter()
+    result = perplexity(model, tokens, cfg.seq_len, batch_size=max(cfg.batch_size, 16),
+                        dtype=cfg.dtype, max_tokens=max_tokens)
+    ctx.extras["eval_seconds"] = ctx.extras.get("eval_seconds", 0.0) + time.perf_counter() - t0
+    return result
+
+
+def _final_eval(ctx: RunContext, model, tokens, cfg: TrainConfig):
     """The perplexity protocol on a split (or its first final_eval_tokens tokens)."""
-    return perplexity(model, tokens, cfg.seq_len, batch_size=max(cfg.batch_size, 16),
-                      dtype=cfg.dtype, max_tokens=cfg.final_eval_tokens or None)
+    return _timed_perplexity(ctx, model, tokens, cfg, cfg.final_eval_tokens or None)
 
 
-def _teacher_eval(model, tokens, cfg: TrainConfig):
+def _teacher_eval(ctx: RunContext):
     """The starting model's final-protocol eval, cached beside a local starting model.
 
     Every run of a sweep starts from the same teacher; scoring it once per protocol (seq_len,
@@ -388,10 +396,11 @@ def _teacher_eval(model, tokens, cfg: TrainConfig):
     """
     from castlab.evaluate import PerplexityResult
 
+    cfg = ctx.cfg
     cache = Path(cfg.init) / f"castlab_eval_s{cfg.seq_len}_t{cfg.final_eval_tokens}_{cfg.dtype}.json"
     if cache.is_file():
         return PerplexityResult(**json.loads(cache.read_text()))
-    result = _final_eval(model, tokens, cfg)
+    result = _final_eval(ctx, ctx.model, ctx.val_tokens, cfg)
     if Path(cfg.init).is_dir():
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(result.as_dict()))
@@ -435,8 +444,8 @@ def _finish(ctx: RunContext, started: float, steps: int) -> dict:
 
     cfg, model, extras = ctx.cfg, ctx.model, ctx.extras
     report = extras.get("finalize")
-    final = _final_eval(model, ctx.val_tokens, cfg)
-    test = _final_eval(model, ctx.test_tokens, cfg)
+    final = _final_eval(ctx, model, ctx.val_tokens, cfg)
+    test = _final_eval(ctx, model, ctx.test_tokens, cfg)
     if not math.isfinite(final.loss):
         raise RunFailed(f"final eval loss is {final.loss}")
     if ctx.is_main:
@@ -483,6 +492,7 @@ def _finish(ctx: RunContext, started: float, steps: int) -> dict:
         "mask_flip_rate": float(np.nanmean(flips)) if np.isfinite(flips).any() else float("nan"),
         "decay_budget_warning": extras.get("decay_budget_warning") or "",
         "wall_seconds": time.time() - started, "train_seconds": train_seconds,
+        "eval_seconds": extras.get("eval_seconds", 0.0),
         "tokens_per_second": tokens / train_seconds if train_seconds > 0 else float("nan"),
         "status": "ok", "reason": "", **_versions(), **zeroshot,
     }

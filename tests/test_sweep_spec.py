@@ -47,7 +47,8 @@ def test_shipped_sweeps_validate_and_plan(tmp_path):
 
 
 def test_opt_family_design():
-    """3 sizes, 5 geometric budgets spanning >= 8x, smallest >= 64 steps, 3 seeds at the largest."""
+    """3 sizes, 5 geometric budgets spanning >= 8x, smallest >= 64 steps, 3 CAST seeds at the
+    largest and the smallest budget (seed noise where the law is fitted and where it predicts)."""
     spec = load_sweep(SWEEPS / "opt_family.yaml")
     plan = build_plan(spec)
     runs = [r.config for r in plan if r.kind == "run"]
@@ -56,15 +57,18 @@ def test_opt_family_design():
         for model in spec.models:
             cells = sorted({c.tokens for c in runs if c.method == method and c.model == model})
             assert len(cells) == 5
-            ratios = {round(b / a, 6) for a, b in zip(cells, cells[1:], strict=False)}
-            assert len(ratios) == 1 and cells[-1] / cells[0] >= 8
+            ratios = [b / a for a, b in zip(cells, cells[1:], strict=False)]
+            step = (cells[-1] / cells[0]) ** (1 / 4)  # geometric up to whole optimizer steps
+            assert all(abs(r / step - 1) < 0.01 for r in ratios), ratios
+            assert cells[-1] / cells[0] >= 8
             first = next(c for c in runs if c.tokens == cells[0])
             assert cells[0] / (first.batch_size * first.seq_len) >= 64
-            seeds = sorted(c.seed for c in runs
-                           if c.method == method and c.model == model and c.tokens == cells[-1])
-            assert seeds == [0, 1, 2]
+            for budget in (cells[0], cells[-1]):
+                seeds = sorted(c.seed for c in runs
+                               if c.method == method and c.model == model and c.tokens == budget)
+                assert seeds == ([0, 1, 2] if method == "cast" else [0])
     teachers = {r.config.model: r.config.tokens for r in plan if r.kind == "teacher"}
-    assert teachers == dict.fromkeys(spec.models, 4_000_000)
+    assert teachers == dict.fromkeys(spec.models, 3_000_000)
     for model in spec.models:  # '40xP' against independently counted params
         in_scope = count_parameters(build_preset(model, vocab_size=8192)).in_scope
         assert resolve_budget(parse_budget("40xP", "budgets"), in_scope) == 40 * in_scope

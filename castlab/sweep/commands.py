@@ -61,6 +61,20 @@ def run_sweep(spec: SweepSpec, retry_failed: bool = False, progress: bool = True
     return outcomes
 
 
+def _log_invocation(spec: SweepSpec, started: float, counts: Counter) -> None:
+    """Append this invocation's wall time and outcome counts to RESULTS/sweep_log.jsonl."""
+    import json
+    import socket
+
+    entry = {"sweep": spec.name, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+             "wall_seconds": round(time.time() - started, 1), "host": socket.gethostname(),
+             "backend": spec.backend_name, "outcomes": dict(sorted(counts.items()))}
+    results = Path(spec.results_dir())
+    results.mkdir(parents=True, exist_ok=True)
+    with open(results / "sweep_log.jsonl", "a") as log:  # one short append: no partial lines
+        log.write(json.dumps(entry) + "\n")
+
+
 def _cmd_sweep(args) -> int:
     spec = load_sweep(args.file)
     if args.backend:
@@ -85,6 +99,7 @@ def _cmd_sweep(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     counts = Counter(outcomes.values())
+    _log_invocation(spec, started, counts)
     print(f"sweep {spec.name}: {len(outcomes)} runs in {format_seconds(time.time() - started)}: "
           + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
     print(f"results in {spec.results_dir()} (castlab status {spec.results_dir()})")

@@ -94,14 +94,15 @@ def _lambda_for(spec: SweepSpec, budget_index: int | None) -> float | str:
 
 def _extra_seeds(spec: SweepSpec, model: str, method: str, budget: int | float | None) -> list[int]:
     seeds: list[int] = []
-    largest = max(spec.parsed_budgets) if spec.parsed_budgets else None
+    ends = {"largest": max(spec.parsed_budgets), "smallest": min(spec.parsed_budgets)} \
+        if spec.parsed_budgets else {}
     for extra in spec.extra_seeds:
         if extra.models is not None and model not in extra.models:
             continue
         if extra.methods is not None and method not in extra.methods:
             continue
         if extra.budgets is not None and budget is not None:
-            wanted = {largest if b == "largest" else parse_budget(b, "extra_seeds") for b in extra.budgets}
+            wanted = {ends[b] if b in ends else parse_budget(b, "extra_seeds") for b in extra.budgets}
             if budget not in wanted:
                 continue
         seeds.extend(extra.seeds)

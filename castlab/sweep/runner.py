@@ -1,17 +1,23 @@
 """Run one planned run in a child process: the unit every backend executes.
 
 The child is ``python -m castlab.cli train --config RUN_DIR/config.yaml --out RUN_DIR``, so a
-crash, an OOM kill or a segfault fails that run only. The run directory is claimed with
-``store.mark_running`` first (two sweeps never train the same run at once), the child dies with
-its parent (PR_SET_PDEATHSIG), and an interrupted parent terminates the child and writes no row:
-the next sweep resumes the run from its checkpoint.
+crash, an OOM kill or a segfault fails that run only. A Python command is not exec'd afresh: it
+is forked from a multiprocessing fork server that has torch, transformers and the trainer
+imported already, which saves the ~5 s of imports per run that dominated short runs' overhead
+(the child is still a separate process, with its own exit code). The run directory is claimed
+with ``store.mark_running`` first (two sweeps never train the same run at once), the child dies
+with its parent (PR_SET_PDEATHSIG), and an interrupted parent terminates the child and writes no
+row: the next sweep resumes the run from its checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing
 import os
+import runpy
+import select
 import signal
 import subprocess
 import sys
@@ -27,6 +33,10 @@ from castlab.config import TrainConfig, from_dict, save_yaml
 Outcome = Literal["done", "failed", "running", "skipped-done", "skipped-failed", "blocked"]
 TERMINATE_GRACE_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1
+# Imported once in the fork server, so every forked run starts with them loaded.
+WARM_MODULES = ["castlab.cli", "castlab.commands_train", "castlab.train", "castlab.data",
+                "castlab.sweep.commands", "transformers.models.opt.modeling_opt"]
+_fork_server: multiprocessing.context.BaseContext | None = None
 
 
 def train_command(config_path: Path, run_dir: Path) -> list[str]:
@@ -52,19 +62,128 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _pump(stream, sinks: list, tail: deque) -> None:
-    """Copy the child's output to the sinks (terminal, train.log) and keep its last lines."""
+def _follow(log_path: Path, offset: int, sinks: list, tail: deque, done: threading.Event) -> None:
+    """Copy what the child appends to train.log to the sinks and keep its last lines."""
     pending = b""
-    for chunk in iter(lambda: stream.read1(4096), b""):
-        for sink in sinks:
-            with contextlib.suppress(OSError, ValueError):
-                sink.write(chunk)
-                sink.flush()
-        pending += chunk
-        *lines, pending = pending.replace(b"\r", b"\n").split(b"\n")
-        tail.extend(line for line in lines if line.strip())
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        while True:
+            finished = done.is_set()  # read once more after the child ended
+            chunk = log.read()
+            if chunk:
+                for sink in sinks:
+                    with contextlib.suppress(OSError, ValueError):
+                        sink.write(chunk)
+                        sink.flush()
+                pending += chunk
+                *lines, pending = pending.replace(b"\r", b"\n").split(b"\n")
+                tail.extend(line for line in lines if line.strip())
+            elif finished:
+                break
+            else:
+                time.sleep(0.2)
     if pending.strip():
         tail.append(pending)
+
+
+def _exit_with(pid: int) -> None:
+    """In the child: SIGKILL this process as soon as process ``pid`` (the sweep) is gone.
+
+    PR_SET_PDEATHSIG cannot do it here: the child's parent is the fork server, which stays
+    alive while any child it forked lives.
+    """
+    def watch():
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfd: poll instead
+            while _alive(pid):
+                time.sleep(0.5)
+        else:
+            select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if not _alive(pid):
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="exit-with-sweep").start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_python_command(argv: list[str], env: dict[str, str], log_path: str, sweep_pid: int
+                        ) -> None:
+    """In a forked child: become ``python ARGV...`` (``-m module`` or a script path)."""
+    os.setsid()  # Ctrl-C reaches the sweep only; it stops the child
+    _exit_with(sweep_pid)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the child
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    os.environ.clear()
+    os.environ.update(env)
+    if argv[0] == "-m":
+        sys.argv = [argv[1], *argv[2:]]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = list(argv)
+        runpy.run_path(argv[0], run_name="__main__")
+
+
+class _ForkedChild:
+    """The part of ``subprocess.Popen`` the runner uses, for a child forked by the fork server."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path):
+        self.process = _warm_context().Process(
+            target=_run_python_command, args=(argv, env, str(log_path), os.getpid()), daemon=False)
+        self.process.start()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired("forked run", timeout)
+        return self.process.exitcode
+
+    def terminate(self) -> None:
+        self.process.terminate()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+def _warm_context() -> multiprocessing.context.BaseContext:
+    """The fork-server context, its server pre-importing WARM_MODULES (started on first use)."""
+    global _fork_server
+    if _fork_server is None:
+        _fork_server = multiprocessing.get_context("forkserver")
+        _fork_server.set_forkserver_preload(WARM_MODULES)
+    return _fork_server
+
+
+def _start_child(command: list[str], log_path: Path):
+    """Fork a warm interpreter for ``python ...`` commands; exec anything else."""
+    if command[0] == sys.executable and len(command) > 1 and not command[1].startswith("-c"):
+        return _ForkedChild(command[1:], _child_env(), log_path)
+    parent = os.getpid()
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=_child_env(),
+                                start_new_session=True,  # Ctrl-C reaches the sweep only
+                                preexec_fn=lambda: _die_with_parent(parent))
 
 
 def _failure_reason(returncode: int, tail: deque) -> str:
@@ -125,29 +244,27 @@ def execute_run(config: dict[str, Any] | TrainConfig, run_dir: str | Path,
         config_path = run_dir / store.CONFIG_FILE
         save_yaml(cfg, config_path.with_suffix(".yaml.tmp"))
         os.replace(config_path.with_suffix(".yaml.tmp"), config_path)
-        with open(run_dir / "train.log", "ab") as log:
-            parent = os.getpid()
-            proc = subprocess.Popen(
-                train_command(config_path, run_dir), stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_child_env(),
-                start_new_session=True,  # Ctrl-C reaches the sweep only; it stops the child
-                preexec_fn=lambda: _die_with_parent(parent),
-            )
-            tail: deque = deque(maxlen=20)
-            terminal = getattr(sys.stderr, "buffer", None)
-            sinks = [log, terminal] if echo and terminal is not None else [log]
-            pump = threading.Thread(target=_pump, args=(proc.stdout, sinks, tail), daemon=True)
-            pump.start()
-            try:
-                while proc.poll() is None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(store.HEARTBEAT_SECONDS)
-                    store.heartbeat(run_dir)
-            except BaseException:
-                _terminate(proc)
-                raise
-            finally:
-                pump.join(timeout=5)
+        log_path = run_dir / "train.log"
+        log_path.touch()
+        tail: deque = deque(maxlen=20)
+        terminal = getattr(sys.stderr, "buffer", None)
+        sinks = [terminal] if echo and terminal is not None else []
+        finished = threading.Event()
+        follow = threading.Thread(target=_follow, daemon=True,
+                                  args=(log_path, log_path.stat().st_size, sinks, tail, finished))
+        proc = _start_child(train_command(config_path, run_dir), log_path)
+        follow.start()
+        try:
+            while proc.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(store.HEARTBEAT_SECONDS)
+                store.heartbeat(run_dir)
+        except BaseException:
+            _terminate(proc)
+            raise
+        finally:
+            finished.set()
+            follow.join(timeout=5)
         if not (run_dir / store.RESULT_FILE).exists():
             reason = _failure_reason(proc.returncode, tail)
             if proc.returncode == 0:

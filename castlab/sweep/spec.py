@@ -69,7 +69,7 @@ class ExtraSeeds:
     """More seeds for chosen cells (to measure seed noise); omitted filters mean 'all'."""
 
     seeds: list[int]
-    budgets: list[int | str] | None = None  # budget values as written in `budgets`, or 'largest'
+    budgets: list[int | str] | None = None  # values as written in `budgets`, 'smallest' or 'largest'
     models: list[str] | None = None
     methods: list[str] | None = None
 
@@ -189,9 +189,9 @@ class SweepSpec:
                 if method not in names:
                     raise UserError(f"{w}.methods[{j}]: '{method}' is not in methods")
             for j, budget in enumerate(extra.budgets or []):
-                if budget != "largest" and parse_budget(budget, f"{w}.budgets[{j}]") not in self.parsed_budgets:
+                if budget not in ("smallest", "largest") and parse_budget(budget, f"{w}.budgets[{j}]") not in self.parsed_budgets:
                     raise UserError(f"{w}.budgets[{j}]: {budget!r} is not in budgets "
-                                    "(allowed one of budgets, or 'largest')")
+                                    "(allowed one of budgets, 'smallest' or 'largest')")
 
     def _validate_train(self, where: str) -> None:
         _check_train_keys(self.train, f"{where}.train")
