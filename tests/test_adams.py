@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from castlab.errors import UserError
+from castlab.sparsity import adams
 from castlab.sparsity.adams import AdamS, decay_budget, decay_budget_warning, masked_kept_ratio
 
 
@@ -77,7 +78,10 @@ def make_tensors(seed=0):
             torch.randn(5, generator=gen) * 0.1]  # the last one is out of scope
 
 
-def test_adams_matches_elementwise_reference_across_refreshes():
+@pytest.mark.parametrize("chunk", [None, 5], ids=["default-chunks", "5-element-chunks"])
+def test_adams_matches_elementwise_reference_across_refreshes(chunk, monkeypatch):
+    if chunk is not None:  # slices that cut rows, mask groups and tensor boundaries
+        monkeypatch.setattr(adams, "CHUNK_ELEMENTS", chunk)
     T, t1, lr, lam = 7, 3, 0.02, 0.05
     tensors = make_tensors()
     params = [torch.nn.Parameter(t.clone()) for t in tensors]

@@ -8,6 +8,7 @@ rerun many times. Real training under the sweep is covered in test_sweep_real.py
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -157,6 +158,14 @@ def test_runs_skips_fails_and_retries(tmp_path, inproc):
     assert "2 failed" in retry.stdout  # both fail again, deterministically
     assert (ast_dir / "result.failed.parquet").exists()  # the earlier failure kept aside
     assert len([e for e in sweep.events() if e[0].startswith("start")]) == starts + 2
+
+    # every invocation appended its wall time and outcome counts to the sweep log
+    log = [json.loads(line) for line in (sweep.results / "sweep_log.jsonl").read_text().splitlines()]
+    assert [e["outcomes"] for e in log] == [
+        {"done": 2, "failed": 2}, {"skipped-done": 2, "skipped-failed": 2},
+        {"failed": 2, "skipped-done": 2}]
+    assert all(e["sweep"] == "t" and e["wall_seconds"] >= 0 for e in log)
+    assert log[0]["wall_seconds"] > 0  # the first one trained
 
     status = inproc(sweep, "status", str(tmp_path))
     assert status.returncode == 0, status.stderr

@@ -48,6 +48,9 @@ def test_cast_run_prunes_to_exact_2_4_without_prune_shock(tiny_teacher, tmp_path
     assert row["params_nonzero"] == row["params_in_scope"] // 2
     assert row["masked_kept_ratio"] < 0.01
     assert abs(row["prune_shock"]) < 0.01 * row["eval_loss"]
+    # timing split: optimizer steps and perplexity evals are disjoint parts of the run's wall time
+    assert row["eval_seconds"] > 0 and row["train_seconds"] > 0
+    assert row["eval_seconds"] + row["train_seconds"] < row["wall_seconds"]
     stored = pd.read_parquet(tmp_path / "cast" / "result.parquet")
     assert stored.loc[0, "eval_loss"] == pytest.approx(row["eval_loss"])
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "cast" / "model")

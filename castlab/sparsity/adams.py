@@ -30,6 +30,36 @@ import torch
 from castlab.errors import UserError
 from castlab.sparsity.masks import check_nm_args, nm_mask
 
+# Elements per chunk of the update: the ~10 elementwise passes of a step run over one chunk at a
+# time, so its streams stay in cache instead of going through memory once per pass, and the
+# temporaries (m~, denominators) are chunk-sized instead of parameter-sized.
+CHUNK_ELEMENTS = 1 << 19  # 2 MiB per fp32 stream; measured best of 2^16..2^24 here
+
+
+def _chunks(streams: list[tuple], size: int):
+    """Flat, aligned slices of each tuple of same-shaped tensors (None passes through), grouped
+    into chunks of about ``size`` elements; every slice is a view, so in-place ops update them."""
+    chunk, filled = [], 0
+    for tensors in streams:
+        if filled >= size:
+            yield chunk
+            chunk, filled = [], 0
+        if not all(x is None or x.is_contiguous() for x in tensors):  # cannot slice flat: whole
+            chunk.append(tensors)
+            filled += tensors[0].numel()
+            continue
+        flat = [None if x is None else x.view(-1) for x in tensors]
+        numel = flat[0].numel()
+        for start in range(0, numel, size):
+            stop = min(start + size, numel)
+            chunk.append(tuple(None if x is None else x[start:stop] for x in flat))
+            filled += stop - start
+            if filled >= size:
+                yield chunk
+                chunk, filled = [], 0
+    if chunk:
+        yield chunk
+
 
 class AdamS(torch.optim.Optimizer):
     """CAST's AdamS: Adam whose masked entries step on a blend of momentum and lam*sign(theta).
@@ -90,10 +120,10 @@ class AdamS(torch.optim.Optimizer):
             else:
                 changed += int(torch.count_nonzero(old != new))
                 total += new.numel()
-            state["mask"] = new
+            state["mask"] = new.contiguous()
             # Float copy of ~mask for the blend: arithmetic with it is ~10x faster on CPU than
-            # torch.where on a bool condition or mixed-dtype math (costs 4 bytes per weight).
-            state["pruned"] = (~new).to(p.dtype)
+            # torch.where on a bool condition, and converting per step cost ~30% of the step.
+            state["pruned"] = (~state["mask"]).to(p.dtype)
         if have_old and total:
             self.flip_rates.append((group["step"], changed / total))
 
@@ -134,7 +164,6 @@ class AdamS(torch.optim.Optimizer):
 
     def _update_group(self, group: dict, params: list[torch.Tensor], t: int) -> None:
         beta1, beta2 = group["betas"]
-        grads, exp_avgs, exp_avg_sqs = [], [], []
         for p in params:
             if p.grad.is_sparse:
                 raise UserError("AdamS does not support sparse gradients")
@@ -142,32 +171,30 @@ class AdamS(torch.optim.Optimizer):
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        if group["sparse"]:
-            alpha = min(t / self.total_steps, 1.0)
-            # a = 0 makes the blend the identity: skip the work.
-            blended = self._blend(params, exp_avgs, alpha) if alpha > 0 else exp_avgs
-            # CAST: the second moment tracks m~^2 (kept entries: m^2), not g^2.
-            torch._foreach_addcmul_(exp_avg_sqs, blended, blended, 1 - beta2)
-        else:
-            blended = exp_avgs  # plain Adam
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-
+        alpha = min(t / self.total_steps, 1.0) if group["sparse"] else 0.0
         # lr*(m~/bc1)/(sqrt(v/bc2)+eps) == (lr*sqrt(bc2)/bc1) * m~/(sqrt(v)+eps*sqrt(bc2)):
         # the same update with one pass fewer over the denominator.
         bc1 = 1 - beta1 ** (t + 1)
         bc2_sqrt = math.sqrt(1 - beta2 ** (t + 1))
-        denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(denom, group["eps"] * bc2_sqrt)
-        torch._foreach_addcdiv_(params, blended, denom, -group["lr"] * bc2_sqrt / bc1)
+        step_size = -group["lr"] * bc2_sqrt / bc1
+        eps = group["eps"] * bc2_sqrt
+        streams = [(p, p.grad, self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"],
+                    self.state[p]["pruned"] if alpha > 0 else None) for p in params]
+        for chunk in _chunks(streams, CHUNK_ELEMENTS):
+            ps, gs, ms, vs, pruned = (list(x) for x in zip(*chunk, strict=True))
+            torch._foreach_lerp_(ms, gs, 1 - beta1)
+            torch._foreach_mul_(vs, beta2)
+            # a = 0 (and dense groups) makes the blend the identity: m~ = m.
+            blended = self._blend(ps, ms, pruned, alpha) if alpha > 0 else ms
+            # CAST: the second moment tracks m~^2 (kept entries: m^2), not g^2; plain Adam: g^2.
+            source = blended if group["sparse"] else gs
+            torch._foreach_addcmul_(vs, source, source, 1 - beta2)
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(ps, blended, denom, step_size)
 
     def _blend(self, params: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-               alpha: float) -> list[torch.Tensor]:
+               pruned: list[torch.Tensor], alpha: float) -> list[torch.Tensor]:
         """m~ as new tensors: m where kept, (1-a)*m + a*lam*sign(theta) where masked.
 
         Written as m~ = m + a*lam * pruned * (sign(theta) - m/lam), pruned = ~mask as 0./1.:
@@ -175,15 +202,12 @@ class AdamS(torch.optim.Optimizer):
         arithmetic on CPU).
         """
         lam = self.lambda_
-        if lam > 0:
-            blended = torch._foreach_sign(params)
-            torch._foreach_sub_(blended, exp_avgs, alpha=1.0 / lam)
-            scale = alpha * lam
-        else:  # lam = 0: m~ = m - a * pruned * m
-            blended = torch._foreach_mul(exp_avgs, 1.0)
-            scale = -alpha
-        for b, m_, p in zip(blended, exp_avgs, params, strict=True):  # loop over tensors: out= has no foreach form
-            torch.addcmul(m_, b, self.state[p]["pruned"], value=scale, out=b)
+        if lam == 0:  # m~ = m - a * pruned * m
+            return torch._foreach_addcmul(exp_avgs, exp_avgs, pruned, value=-alpha)
+        blended = torch._foreach_sign(params)
+        torch._foreach_sub_(blended, exp_avgs, alpha=1.0 / lam)
+        for b, m_, pr in zip(blended, exp_avgs, pruned, strict=True):  # out= has no foreach form
+            torch.addcmul(m_, b, pr, value=alpha * lam, out=b)
         return blended
 
     # ------------------------------------------------------------------------------------------

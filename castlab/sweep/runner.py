@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Literal
@@ -131,6 +132,8 @@ def _run_python_command(argv: list[str], env: dict[str, str], log_path: str, swe
     os.environ.update(env)
     if argv[0] == "-m":
         sys.argv = [argv[1], *argv[2:]]
+        # the module is pre-imported on purpose (that is the point of the fork server)
+        warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
     else:
         sys.argv = list(argv)
