@@ -38,6 +38,11 @@ _PR_SET_PDEATHSIG = 1
 WARM_MODULES = ["castlab.cli", "castlab.commands_train", "castlab.train", "castlab.data",
                 "castlab.sweep.commands", "transformers.models.opt.modeling_opt"]
 _fork_server: multiprocessing.context.BaseContext | None = None
+# castlab modules are pre-imported on purpose (the point of the fork server), so runpy's warning
+# about re-running one as __main__ (also raised when multiprocessing re-imports `python -m
+# castlab.cli`'s main module in a forked child) is noise. Set at import, so the server has it too.
+warnings.filterwarnings("ignore", message=r"'castlab\.[\w.]+' found in sys\.modules",
+                        category=RuntimeWarning)
 
 
 def train_command(config_path: Path, run_dir: Path) -> list[str]:
@@ -132,8 +137,6 @@ def _run_python_command(argv: list[str], env: dict[str, str], log_path: str, swe
     os.environ.update(env)
     if argv[0] == "-m":
         sys.argv = [argv[1], *argv[2:]]
-        # the module is pre-imported on purpose (that is the point of the fork server)
-        warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
     else:
         sys.argv = list(argv)
