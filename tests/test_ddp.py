@@ -1,7 +1,6 @@
 """One large run under torchrun: 2 CPU processes (gloo) give the same weights as 1 process."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -16,8 +15,7 @@ from tests.conftest import tiny_config
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.environ.get("VIRTUAL_ENV"),
-                    reason="torchrun not installed")
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_two_process_ddp_matches_one_process(tiny_teacher, tmp_path):
     cfg = tiny_config(method="cast", init=str(tiny_teacher / "model"), tokens=24 * 8 * 64,
                       lr=1e-3, eval_every=8)
