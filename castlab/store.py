@@ -240,7 +240,8 @@ def _proc_start_time(pid: int) -> str | None:
     return stat[stat.rindex(")") + 2:].split()[19]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this host (possibly as a zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -269,7 +270,7 @@ def lock_is_live(run_dir: Path) -> bool:
         except OSError:
             return False
         return age < STALE_AFTER_SECONDS
-    if not _pid_alive(info["pid"]):
+    if not pid_alive(info["pid"]):
         return False
     started = info.get("proc_start")
     return started is None or started == _proc_start_time(info["pid"])

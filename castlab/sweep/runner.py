@@ -102,25 +102,15 @@ def _exit_with(pid: int) -> None:
         try:
             fd = os.pidfd_open(pid)
         except (AttributeError, OSError):  # no pidfd: poll instead
-            while _alive(pid):
+            while store.pid_alive(pid):
                 time.sleep(0.5)
         else:
             select.select([fd], [], [])
         os.kill(os.getpid(), signal.SIGKILL)
 
-    if not _alive(pid):
+    if not store.pid_alive(pid):
         os._exit(1)
     threading.Thread(target=watch, daemon=True, name="exit-with-sweep").start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run_python_command(argv: list[str], env: dict[str, str], log_path: str, sweep_pid: int
