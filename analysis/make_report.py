@@ -33,12 +33,19 @@ from castlab.law.points import points_from_frame
 from castlab.law.validate import HELDOUT_DRAWS
 
 DEFAULT_RESULTS = Path("results/reference/opt_family")
+# An earlier study of RESULTS lives in RESULTS_v1 (rows + law study); its targets are shown too.
+PREVIOUS_RESULTS = Path("results/reference/opt_family_v1")
 DEFAULT_REPORT = Path("analysis/REPORT.md")
 DEFAULT_FIGURES = Path("analysis/figures")
 LAW_FILE = "report_law.json"
 TIMING_FILE = "sweep_timing.json"
 SWEEP_LOG = "sweep_log.jsonl"  # appended by `castlab sweep` (castlab.sweep.commands)
 SHIPPED = (store.RESULT_FILE, store.CURVE_FILE, store.CONFIG_FILE)
+
+
+def previous_of(results: Path) -> Path:
+    """Where an earlier study of ``results`` lives: the sibling folder ``RESULTS_v1``."""
+    return results.with_name(results.name + "_v1")
 
 
 def ship(src: Path, dst: Path) -> tuple[int, list[str]]:
@@ -110,6 +117,13 @@ def sweep_timing(results: Path, seconds: float | None, cold: float | None) -> di
                         f"\"cold_cache_wall_seconds\": ...}} ({err})") from None
 
 
+def load_previous(folder: Path) -> tuple | None:
+    """(rows, law study) of an earlier reference study, or None when there is none."""
+    if not (folder / LAW_FILE).is_file():
+        return None
+    return store.load(folder, strict=True), load_study(folder / LAW_FILE)
+
+
 def _rel(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
 
@@ -173,7 +187,8 @@ def generate(args) -> int:
     law_path.write_text(text)
     report.parent.mkdir(parents=True, exist_ok=True)
     # Rendered from the JSON as written, exactly what the drift test will read back.
-    report.write_text(render(rows, json.loads(text)))
+    previous = previous_of(results)
+    report.write_text(render(rows, json.loads(text), load_previous(previous), previous.as_posix()))
     print(f"make_report: {len(rows)} runs from {results}; chosen form {data.get('chosen')}; "
           f"wrote {report}, {law_path}" + ("" if args.reuse_law else f", figures in {figures}"))
     return 0

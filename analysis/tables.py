@@ -307,3 +307,25 @@ def params_table(study: dict) -> pd.DataFrame:
                          f"{level} interval": [f"[{f_num(v['lo'])}, {f_num(v['hi'])}]"
                                                for v in params.values()],
                          "bootstrap sd": [f_num(v["sd"]) for v in params.values()]})
+
+
+def shock_by_budget_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """CAST per token budget (all sizes and seeds): optimizer steps, prune shock, masked/kept, and
+    which held-out splits fit on it (the budgets a D/4 law learns from vs the D it predicts)."""
+    cast = ok_rows(rows)
+    cast = cast[cast["method"] == "cast"]
+    largest = cast["tokens"].max()
+    out = []
+    for tokens, g in cast.groupby("tokens"):
+        fitted_by = [name for name, cut in (("D/2", largest / 2), ("D/4", largest / 4))
+                     if tokens <= cut]
+        steps = g["steps"].median() if "steps" in g else float("nan")
+        out.append({"tokens": f_int(tokens), "steps": f_int(steps),
+                    "runs": f_int(len(g)),
+                    "prune shock (nats), mean": f_num(g["prune_shock"].mean(), "+.4f"),
+                    "max": f_num(g["prune_shock"].max(), "+.4f"),
+                    "masked/kept, mean": f_num(g["masked_kept_ratio"].mean(), ".4f"),
+                    "role in held-out splits": ("predicted (D)" if tokens == largest
+                                                else "fit by " + ", ".join(fitted_by) if fitted_by
+                                                else "neither")})
+    return pd.DataFrame(out)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from castlab import store
@@ -21,7 +22,15 @@ if str(ROOT) not in sys.path:  # analysis/ is a folder of the repo, not part of 
     sys.path.insert(0, str(ROOT))
 
 from analysis import lawstudy, noise, report, tables, targets  # noqa: E402
-from analysis.make_report import LAW_FILE, check_hash, load_study, main, ship  # noqa: E402
+from analysis.make_report import (  # noqa: E402
+    LAW_FILE,
+    PREVIOUS_RESULTS,
+    check_hash,
+    load_previous,
+    load_study,
+    main,
+    ship,
+)
 
 REFERENCE = ROOT / "results" / "reference" / "opt_family"
 REPORT = ROOT / "analysis" / "REPORT.md"
@@ -348,9 +357,26 @@ def test_shipped_report_matches_reference_results():
     rows = store.load(REFERENCE, strict=True)
     study = json.loads((REFERENCE / LAW_FILE).read_text())
     check_hash(rows, study, REFERENCE / LAW_FILE)  # the stored law belongs to these rows
+    previous = load_previous(PREVIOUS_RESULTS)  # the earlier study's targets, shown beside
     shipped = report.parse_blocks(REPORT.read_text())
-    rebuilt = report.blocks(rows, study)
+    rebuilt = report.blocks(rows, study, previous)
     assert set(shipped) == set(rebuilt)
     for name, body in rebuilt.items():
         assert shipped[name] == body, f"REPORT.md block '{name}' drifted from the data"
-    assert REPORT.read_text() == report.render(rows, study)
+    assert REPORT.read_text() == report.render(rows, study, previous, PREVIOUS_RESULTS.as_posix())
+
+
+def test_shock_by_budget_hand_computed():
+    rows = pd.DataFrame({
+        "method": ["cast", "cast", "cast", "cast", "dense-kd"],
+        "tokens": [1000, 1000, 2000, 4000, 4000], "steps": [10, 10, 20, 40, 40],
+        "prune_shock": [0.2, 0.1, 0.05, 0.001, 0.0],
+        "masked_kept_ratio": [0.3, 0.1, 0.05, 0.002, math.nan],
+        "status": ["ok"] * 5, "model": ["m"] * 5})
+    t = tables.shock_by_budget_table(rows)
+    assert t["tokens"].tolist() == ["1,000", "2,000", "4,000"]  # dense-kd left out
+    assert t["runs"].tolist() == ["2", "1", "1"]
+    assert t["prune shock (nats), mean"].tolist() == ["+0.1500", "+0.0500", "+0.0010"]
+    assert t["max"].tolist()[0] == "+0.2000" and t["masked/kept, mean"].tolist()[0] == "0.2000"
+    assert t["role in held-out splits"].tolist() == ["fit by D/2, D/4", "fit by D/2",
+                                                     "predicted (D)"]
