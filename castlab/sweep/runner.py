@@ -6,8 +6,9 @@ is forked from a multiprocessing fork server that has torch, transformers and th
 imported already, which saves the ~5 s of imports per run that dominated short runs' overhead
 (the child is still a separate process, with its own exit code). The run directory is claimed
 with ``store.mark_running`` first (two sweeps never train the same run at once), the child dies
-with its parent (PR_SET_PDEATHSIG), and an interrupted parent terminates the child and writes no
-row: the next sweep resumes the run from its checkpoint.
+with the sweep (a pidfd watch in forked children, PR_SET_PDEATHSIG in exec'd ones), and an
+interrupted sweep terminates the child and writes no row: the next sweep resumes the run from
+its checkpoint.
 """
 
 from __future__ import annotations
