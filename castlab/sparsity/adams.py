@@ -41,19 +41,16 @@ def _chunks(streams: list[tuple], size: int):
     into chunks of about ``size`` elements; every slice is a view, so in-place ops update them."""
     chunk, filled = [], 0
     for tensors in streams:
-        if filled >= size:
-            yield chunk
-            chunk, filled = [], 0
-        if not all(x is None or x.is_contiguous() for x in tensors):  # cannot slice flat: whole
-            chunk.append(tensors)
-            filled += tensors[0].numel()
-            continue
-        flat = [None if x is None else x.view(-1) for x in tensors]
-        numel = flat[0].numel()
-        for start in range(0, numel, size):
-            stop = min(start + size, numel)
-            chunk.append(tuple(None if x is None else x[start:stop] for x in flat))
-            filled += stop - start
+        if all(x is None or x.is_contiguous() for x in tensors):
+            flat = [None if x is None else x.view(-1) for x in tensors]
+            numel = flat[0].numel()
+            pieces = [tuple(None if x is None else x[start:start + size] for x in flat)
+                      for start in range(0, numel, size)]
+        else:  # cannot be sliced flat: the whole tensors are one piece
+            pieces = [tensors]
+        for piece in pieces:
+            chunk.append(piece)
+            filled += piece[0].numel()
             if filled >= size:
                 yield chunk
                 chunk, filled = [], 0
