@@ -1,20 +1,18 @@
 """Run one planned run in a child process: the unit every backend executes.
 
 The child is ``python -m castlab.cli train --config RUN_DIR/config.yaml --out RUN_DIR``, so a
-crash, an OOM kill or a segfault fails that run only. A Python command is not exec'd afresh: it
-is forked from a multiprocessing fork server that has torch, transformers and the trainer
-imported already, which saves the ~5 s of imports per run that dominated short runs' overhead
-(the child is still a separate process, with its own exit code). The run directory is claimed
-with ``store.mark_running`` first (two sweeps never train the same run at once), the child dies
-with the sweep (a pidfd watch in forked children, PR_SET_PDEATHSIG in exec'd ones), and an
-interrupted sweep terminates the child and writes no row: the next sweep resumes the run from
-its checkpoint.
+crash, an OOM kill or a segfault fails that run only. The command is not exec'd afresh: it runs
+in a child forked from a multiprocessing fork server that has torch, transformers and the
+trainer imported already, which saves the ~5 s of imports per run that dominated short runs'
+overhead (the child is still a separate process, with its own exit code). The run directory is
+claimed with ``store.mark_running`` first (two sweeps never train the same run at once), the
+child dies with the sweep (a pidfd watch), and an interrupted sweep terminates the child and
+writes no row: the next sweep resumes the run from its checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import runpy
@@ -34,7 +32,6 @@ from castlab.config import TrainConfig, from_dict, save_yaml
 
 Outcome = Literal["done", "failed", "running", "skipped-done", "skipped-failed", "blocked"]
 TERMINATE_GRACE_SECONDS = 10.0
-_PR_SET_PDEATHSIG = 1
 # Imported once in the fork server, so every forked run starts with them loaded.
 WARM_MODULES = ["castlab.cli", "castlab.commands_train", "castlab.train", "castlab.data",
                 "castlab.sweep.commands", "transformers.models.opt.modeling_opt"]
@@ -47,17 +44,9 @@ warnings.filterwarnings("ignore", message=r"'castlab\.[\w.]+' found in sys\.modu
 
 
 def train_command(config_path: Path, run_dir: Path) -> list[str]:
-    """The child command line that trains one run."""
+    """The child command line that trains one run: ``python -m MODULE ...`` or ``python SCRIPT ...``."""
     return [sys.executable, "-m", "castlab.cli", "train", "--config", str(config_path),
             "--out", str(run_dir)]
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """In the child before exec: get SIGKILL when the parent dies (Linux; elsewhere a no-op)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def _child_env() -> dict[str, str]:
@@ -171,16 +160,12 @@ def _warm_context() -> multiprocessing.context.BaseContext:
     return _fork_server
 
 
-def _start_child(command: list[str], log_path: Path):
-    """Fork a warm interpreter for ``python ...`` commands; exec anything else."""
-    if command[0] == sys.executable and len(command) > 1 and not command[1].startswith("-c"):
-        return _ForkedChild(command[1:], _child_env(), log_path)
-    parent = os.getpid()
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=_child_env(),
-                                start_new_session=True,  # Ctrl-C reaches the sweep only
-                                preexec_fn=lambda: _die_with_parent(parent))
+def _start_child(command: list[str], log_path: Path) -> _ForkedChild:
+    """Fork a warm interpreter that runs ``command`` (this Python, then ``-m module`` or a script)."""
+    if command[0] != sys.executable or len(command) < 2 or command[1].startswith("-c"):
+        raise ValueError(f"a sweep child must be '{sys.executable} -m MODULE ...' or "
+                         f"'{sys.executable} SCRIPT ...', got {command[:2]}")
+    return _ForkedChild(command[1:], _child_env(), log_path)
 
 
 def _failure_reason(returncode: int, tail: deque) -> str:
