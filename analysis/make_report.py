@@ -33,8 +33,6 @@ from castlab.law.points import points_from_frame
 from castlab.law.validate import HELDOUT_DRAWS
 
 DEFAULT_RESULTS = Path("results/reference/opt_family")
-# An earlier study of RESULTS lives in RESULTS_v1 (rows + law study); its targets are shown too.
-PREVIOUS_RESULTS = Path("results/reference/opt_family_v1")
 DEFAULT_REPORT = Path("analysis/REPORT.md")
 DEFAULT_FIGURES = Path("analysis/figures")
 LAW_FILE = "report_law.json"
@@ -47,6 +45,9 @@ def previous_of(results: Path) -> Path:
     """Where an earlier study of ``results`` lives: the sibling folder ``RESULTS_v1``."""
     return results.with_name(results.name + "_v1")
 
+
+# The earlier reference study (rows + law study); its targets are shown beside the current ones.
+PREVIOUS_RESULTS = previous_of(DEFAULT_RESULTS)
 
 def ship(src: Path, dst: Path) -> tuple[int, list[str]]:
     """Copy the run files of every finished run under ``src`` to the same place under ``dst``.

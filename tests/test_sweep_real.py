@@ -54,6 +54,17 @@ def sweep(path: Path, *extra) -> int:
     return cli.main(["sweep", str(path), "--quiet", *extra])
 
 
+def sweep_both_methods_ok(path: Path, results: Path, capsys) -> tuple:
+    """Run the tiny sweep; assert it passed with one ok row per method; (rows, seconds)."""
+    t0 = time.time()
+    code = sweep(path)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = store.load(results, strict=True)
+    assert sorted(rows["method"]) == ["cast", "dense-kd"] and (rows["status"] == "ok").all()
+    return rows, time.time() - t0
+
+
 @pytest.mark.slow
 def test_local_nan_run_fails_with_reason_and_sweep_goes_on(tmp_path, cache, capsys):
     path = tiny_sweep(tmp_path, "local", methods=[{"name": "cast", "settings": {"lr": 1.0e6}},
@@ -128,16 +139,11 @@ def ray_cluster():
 def test_ray_backend_on_a_real_cluster(tmp_path, cache, ray_cluster, capsys):
     address, temp = ray_cluster
     path = tiny_sweep(tmp_path, {"name": "ray", "address": address, "num_cpus": 1})
-    t0 = time.time()
-    code = sweep(path)
-    out = capsys.readouterr().out
-    assert code == 0, out
-    rows = store.load(tmp_path / "results", strict=True)
-    assert sorted(rows["method"]) == ["cast", "dense-kd"] and (rows["status"] == "ok").all()
+    rows, seconds = sweep_both_methods_ok(path, tmp_path / "results", capsys)
     logs = list(temp.rglob("worker-*.out"))
     assert logs  # the runs executed in Ray worker processes of that cluster
     assert sweep(path) == 0 and "3 skipped-done" in capsys.readouterr().out
-    print(f"\nray ({address}, 2 CPUs): teacher + 2 runs in {time.time() - t0:.1f} s, "
+    print(f"\nray ({address}, 2 CPUs): teacher + 2 runs in {seconds:.1f} s, "
           f"{len(rows)} rows ok")
 
 
@@ -147,13 +153,8 @@ def test_submitit_local_executor(tmp_path, cache, capsys):
     folder = tmp_path / "submitit"
     path = tiny_sweep(tmp_path, {"name": "slurm", "cluster": "local", "folder": str(folder),
                                  "timeout_min": 20})
-    t0 = time.time()
-    code = sweep(path)
-    out = capsys.readouterr().out
-    assert code == 0, out
-    rows = store.load(tmp_path / "results", strict=True)
-    assert sorted(rows["method"]) == ["cast", "dense-kd"] and (rows["status"] == "ok").all()
+    _, seconds = sweep_both_methods_ok(path, tmp_path / "results", capsys)
     results = list(folder.rglob("*_result.pkl"))
     assert len(results) == 3  # teacher array + 2-run array, each job through submitit
-    print(f"\nsubmitit local: teacher + 2 runs as 2 job arrays in {time.time() - t0:.1f} s, "
+    print(f"\nsubmitit local: teacher + 2 runs as 2 job arrays in {seconds:.1f} s, "
           f"{len(results)} job results")
