@@ -89,17 +89,16 @@ def bench_cast_step(preset: str = "opt-1.3m", batch: int = 16, seq_len: int = 12
     from castlab.config import TrainConfig
     from castlab.methods import make_method
     from castlab.models import build_preset
-    from castlab.sparsity.distill import kd_loss, teacher_logits
+    from castlab.train import step_loss
 
     data = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
     base = build_preset(preset, vocab_size=vocab)
     teacher = copy.deepcopy(base).eval().requires_grad_(False)
+    loss_cfg = TrainConfig(method="dense-kd", model=preset, tokens=1000)  # eta, temperature
 
     def make_step(model, opt):
         def step():
-            logits = model(input_ids=data).logits[:, :-1]
-            t_logits = teacher_logits(teacher, data)[:, :-1]
-            kd_loss(logits, t_logits, data[:, 1:]).total.backward()
+            step_loss(model, teacher, data, loss_cfg).backward()  # the training loop's KD loss
             opt.step()
             opt.zero_grad(set_to_none=True)
         return step
@@ -170,7 +169,7 @@ def measure_cast_memory(preset: str = "opt-3m", batch: int = 2, seq_len: int = 6
     from castlab.config import TrainConfig
     from castlab.methods import make_method
     from castlab.models import build_preset, count_parameters
-    from castlab.sparsity.distill import kd_loss, teacher_logits
+    from castlab.train import step_loss
 
     data = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
     # one-time costs (modeling module imports, kernel/allocator set-up) are not run state
@@ -184,11 +183,10 @@ def measure_cast_memory(preset: str = "opt-3m", batch: int = 2, seq_len: int = 6
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     cfg = TrainConfig(method="cast", model=preset, lambda_=0.05, tokens=1000)
     opt = make_method(cfg).build_optimizer(model, 1e-4, total_steps=100)
-    for _ in range(steps):
-        logits = model(input_ids=data).logits[:, :-1]
-        kd_loss(logits, teacher_logits(teacher, data)[:, :-1], data[:, 1:]).total.backward()
+    for _ in range(steps):  # as castlab.train's loop: grads are freed after each step and
+        step_loss(model, teacher, data, cfg).backward()  # peak where they meet the activations
         opt.step()
-        opt.zero_grad(set_to_none=False)  # keep grads allocated: they are part of the peak
+        opt.zero_grad(set_to_none=True)
     peak = sampler.stop()
     counts = count_parameters(model)
     params = sum(p.numel() for p in model.parameters())

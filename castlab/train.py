@@ -174,18 +174,18 @@ def measure_auto_lambda(model, teacher, stream, cfg: TrainConfig, batches: int =
 
 def step_loss(model, teacher, batch: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """Cross-entropy, or KD (eta * KL(teacher||student) + (1-eta) * CE) when a teacher is given."""
-    device = next(model.parameters()).device
-    with autocast_context(cfg.dtype, device):
-        logits = model(input_ids=batch).logits[:, :-1]
-    labels = batch[:, 1:]
-    if teacher is None:
-        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1))
-    from castlab.sparsity.distill import kd_loss, teacher_logits
+    from castlab.sparsity.distill import kd_loss, shifted_labels, teacher_logits
 
+    device = next(model.parameters()).device
+    # whole logits with the last position's label ignored: a logits[:, :-1] slice would copy them
+    labels = shifted_labels(batch)
     with autocast_context(cfg.dtype, device):
-        t_logits = teacher_logits(teacher, batch)[:, :-1]
-    return kd_loss(logits.float(), t_logits.float(), labels, eta=cfg.eta,
-                   temperature=cfg.kd_temperature).total
+        logits = model(input_ids=batch).logits
+    if teacher is None:
+        return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten())
+    with autocast_context(cfg.dtype, device):
+        t_logits = teacher_logits(teacher, batch)
+    return kd_loss(logits, t_logits, labels, eta=cfg.eta, temperature=cfg.kd_temperature).total
 
 
 # ----------------------------------------------------------------------------------------------

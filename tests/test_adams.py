@@ -104,10 +104,11 @@ def test_adams_matches_elementwise_reference_across_refreshes(chunk, monkeypatch
         # m~ is never written back: the stored first moment is the raw-gradient EMA.
         for p, m_ in zip(params, raw_m, strict=True):
             torch.testing.assert_close(opt.state[p]["exp_avg"].double(), m_, rtol=1e-5, atol=1e-9)
-    # masks are bool, exactly the reference's latest (refreshed at step 6)
-    for p, mask in zip(params[:2], ref.mask[:2], strict=True):
-        assert opt.state[p]["mask"].dtype == torch.bool
-        assert opt.state[p]["mask"].tolist() == mask
+    # masks are one byte per weight (uint8 ~mask), exactly the reference's latest (step 6)
+    for p, mask, got in zip(params[:2], ref.mask[:2], opt.masks()[:2], strict=True):
+        assert opt.state[p]["pruned"].dtype == torch.uint8
+        assert got.dtype == torch.bool and got.tolist() == mask
+        assert (opt.state[p]["pruned"] == 0).tolist() == mask
     assert len(opt.flip_rates) == 2 and [s for s, _ in opt.flip_rates] == [3, 6]
 
 
@@ -151,7 +152,7 @@ def test_state_dict_round_trip_keeps_bool_masks_and_continues_identically():
     fresh = [torch.nn.Parameter(w.clone()) for w in saved_params]
     opt2 = AdamS([{"params": fresh, "sparse": True}], lr=1e-2, lambda_=0.1, total_steps=20, t1=2)
     opt2.load_state_dict(saved)
-    assert all(opt2.state[p]["mask"].dtype == torch.bool for p in fresh)
+    assert all(opt2.state[p]["pruned"].dtype == torch.uint8 for p in fresh)
     assert opt2.flip_rates == opt.flip_rates[: len(opt2.flip_rates)]
     for gs in grads[5:]:
         for p, g in zip(fresh, gs, strict=True):

@@ -8,6 +8,7 @@ cuSPARSELt accept.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -45,25 +46,55 @@ def _groups(weight: torch.Tensor, m: int, name: str) -> torch.Tensor:
     return weight.reshape(out_features, in_features // m, m)
 
 
-def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, name: str = "weight") -> torch.Tensor:
+def _pairs(m: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(m) for j in range(i + 1, m)]
+
+
+@functools.cache
+def _mask_table(n: int, m: int, device: torch.device, pruned: bool) -> torch.Tensor:
+    """[2^P, m] bool: the kept (or pruned) positions for each outcome code of the P = m(m-1)/2 pair tests.
+
+    Bit k of a code is 1 when position i beats position j for the k-th pair (i < j); a position
+    is kept when fewer than n positions beat it.
+    """
+    codes = torch.arange(2 ** len(_pairs(m)))
+    rank = torch.zeros(len(codes), m, dtype=torch.long)
+    for k, (i, j) in enumerate(_pairs(m)):
+        i_beats_j = (codes >> k) & 1
+        rank[:, j] += i_beats_j
+        rank[:, i] += 1 - i_beats_j
+    return (rank >= n if pruned else rank < n).to(device)
+
+
+def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, name: str = "weight",
+            pruned: bool = False) -> torch.Tensor:
     """Bool mask of ``weight``'s shape keeping exactly ``n`` largest |w| per group of ``m`` inputs.
 
-    Ties go to the lower index. Written as a rank count over the m(m-1)/2 position pairs of a
-    group (vectorised over all groups) because ``torch.topk`` does not specify how it breaks
-    ties, and because on CPU this is 5-10x faster than sort/topk over a last dim of size m.
+    Ties go to the lower index. Each group's m(m-1)/2 pair tests (i beats j when |w_i| >= |w_j|,
+    i < j) are packed into a small code that indexes a table of kept positions (m <= 5), else
+    counted into ranks. Hand-written because ``torch.topk`` does not specify how it breaks ties
+    and sort/topk over a last dim of size m is slow on CPU; the table path measured ~3x faster
+    than rank counting (strided uint8 accumulation and a bool transpose dominate that one).
+    ``pruned=True`` returns the complement (True = pruned) at no extra pass.
     """
     check_nm_args(n, m)
     # NaN would compare false both ways and break "exactly n"; rank it below every real value.
-    scores = torch.nan_to_num(_groups(weight.detach(), m, name).abs(), nan=-1.0)
-    scores = scores.reshape(-1, m)
+    scores = _groups(weight.detach(), m, name).reshape(-1, m).abs().nan_to_num_(nan=-1.0)
+    pairs = _pairs(m)
+    if len(pairs) <= 15:
+        code_dtype = torch.uint8 if len(pairs) <= 8 else torch.int16
+        code = torch.zeros(scores.shape[0], dtype=code_dtype, device=scores.device)
+        for k, (i, j) in enumerate(pairs):
+            code |= torch.ge(scores[:, i], scores[:, j]).to(code_dtype) << k
+        table = _mask_table(n, m, scores.device, pruned)
+        return table.index_select(0, code.int()).view(weight.shape)
     # rank[i] = how many group members beat position i (larger |w|, or equal at a lower index).
-    rank = torch.zeros((m, scores.shape[0]), dtype=torch.uint8, device=scores.device)
-    for i in range(m):
-        for j in range(i + 1, m):
-            i_beats_j = (scores[:, i] >= scores[:, j]).view(torch.uint8)
-            rank[j] += i_beats_j
-            rank[i] += 1 - i_beats_j
-    return (rank < n).t().reshape(weight.shape)
+    rank = torch.zeros(scores.shape, dtype=torch.uint8, device=scores.device)
+    for i, j in pairs:
+        i_beats_j = torch.ge(scores[:, i], scores[:, j]).view(torch.uint8)
+        rank[:, j] += i_beats_j
+        rank[:, i] += 1 - i_beats_j
+    return (rank >= n if pruned else rank < n).view(weight.shape)
 
 
 def group_nonzeros(weight: torch.Tensor, m: int, name: str = "weight") -> torch.Tensor:
