@@ -7,18 +7,12 @@ multiple of M, so a positive scale never reorders the entries of an N:M group.
 Implemented with ``torch.nn.utils.parametrize``: ``linear.weight`` becomes W_eff, the raw W lives
 at ``linear.parametrizations.weight.original`` (where AdamS's decay acts, never on A) and A is a
 parameter of the parametrization module. ``fold_weight_scaling`` bakes W_eff back into a plain
-weight, leaving an ordinary HF model. The scaled layers' forward skips the parametrization and
-calls ``_ScaledLinear``, which recomputes W_eff in the backward instead of keeping it: a plain
-``F.linear(x, linear.weight)`` would hold one W_eff per layer from forward to backward, an extra
-copy of every in-scope weight at the step's memory peak.
+weight, leaving an ordinary HF model.
 """
 
 from __future__ import annotations
 
-import types
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -39,56 +33,6 @@ class BlockScale(nn.Module):
         rows, cols = weight.shape
         blocks = weight.view(rows, self.n_blocks, cols // self.n_blocks)
         return (blocks * self.scale.unsqueeze(-1)).view(rows, cols)
-
-
-def _block_view(weight: torch.Tensor, n_blocks: int) -> torch.Tensor:
-    rows, cols = weight.shape
-    return weight.view(rows, n_blocks, cols // n_blocks)
-
-
-class _ScaledLinear(torch.autograd.Function):
-    """y = x @ (A * W)^T + b without saving A * W (recomputed in the backward).
-
-    Written by hand: autograd's F.linear saves its weight operand, here a temporary.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, scale, bias):
-        n_blocks = scale.shape[1]
-        w_eff = (_block_view(weight, n_blocks) * scale.unsqueeze(-1)).view_as(weight)
-        ctx.save_for_backward(x, weight, scale)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return F.linear(x, w_eff, bias)  # under autocast, F.linear casts as usual
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        x, weight, scale = ctx.saved_tensors
-        n_blocks = scale.shape[1]
-        compute = grad_out.dtype  # under autocast the forward ran in a lower precision
-        grad_x = grad_weight = grad_scale = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            w_eff = (_block_view(weight, n_blocks) * scale.unsqueeze(-1)).view_as(weight)
-            grad_x = grad_out.matmul(w_eff.to(compute)).to(x.dtype)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            flat_out = grad_out.reshape(-1, grad_out.shape[-1])
-            grad_w_eff = flat_out.t().matmul(x.reshape(-1, x.shape[-1]).to(compute))
-            blocks = _block_view(grad_w_eff.to(weight.dtype), n_blocks)
-            if ctx.needs_input_grad[2]:
-                grad_scale = (blocks * _block_view(weight, n_blocks)).sum(-1)
-            if ctx.needs_input_grad[1]:  # dL/dW = A * dL/dW_eff, in the same buffer
-                grad_weight = blocks.mul_(scale.unsqueeze(-1)).view_as(weight)
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
-            grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(ctx.bias_dtype)
-        return grad_x, grad_weight, grad_scale, grad_bias
-
-
-def _scaled_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """Forward of a weight-scaled Linear (bound to the module by attach_weight_scaling)."""
-    chain = self.parametrizations.weight
-    if len(chain) != 1:  # something else parametrizes W as well: take the generic path
-        return nn.Linear.forward(self, x)
-    return _ScaledLinear.apply(x, chain.original, chain[0].scale, self.bias)
 
 
 def raw_weight(linear: nn.Module) -> torch.Tensor:
@@ -131,7 +75,6 @@ def attach_weight_scaling(model: nn.Module, n_blocks: int = 2, m: int = 4) -> li
         weight = raw_weight(linear)
         module = BlockScale(weight.shape[0], n_blocks, weight.dtype, weight.device)
         parametrize.register_parametrization(linear, "weight", module)
-        linear.forward = types.MethodType(_scaled_forward, linear)  # deepcopy rebinds it
         scales.append(module.scale)
     return scales
 
@@ -146,7 +89,6 @@ def fold_parametrizations(model: nn.Module) -> int:
     for _, linear in in_scope_linears(model):
         if parametrize.is_parametrized(linear, "weight"):
             parametrize.remove_parametrizations(linear, "weight", leave_parametrized=True)
-            linear.__dict__.pop("forward", None)  # back to nn.Linear.forward
             folded += 1
     return folded
 
