@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -207,16 +208,28 @@ def bench_memory(preset: str = "opt-3m") -> list[dict]:
                  f"masks); batch 2 x seq 64, fp32")]
 
 
-def bench_sweep(results: str = "results/reference/opt_family") -> list[dict]:
+DEFAULT_SWEEP_RESULTS = "results/reference/opt_family"
+
+
+def _full_sweep_wall(results: Path, runs: int) -> float | None:
+    """Wall seconds of the latest logged ``castlab sweep`` that ran all ``runs`` runs, if any."""
+    log = results / "sweep_log.jsonl"
+    if not log.is_file():
+        return None
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    full = [e for e in entries if e.get("outcomes", {}).get("done") == runs]
+    return float(full[-1]["wall_seconds"]) if full else None
+
+
+def bench_sweep(results: str = DEFAULT_SWEEP_RESULTS) -> list[dict]:
     """Sweep wall time vs time inside training steps, from a stored sweep (issue 7).
 
-    The wall time is the teachers-cached sweep's (``sweep_timing.json``), else the sum of the
-    runs' own wall times. The rest is split into perplexity evals (``eval_seconds``), other work
+    The wall time is the teachers-cached sweep's (``sweep_timing.json``), else that of the latest
+    ``castlab sweep`` in ``sweep_log.jsonl`` that ran every stored run, else the sum of the runs'
+    own wall times. The rest is split into perplexity evals (``eval_seconds``), other work
     inside the run processes (load, auto-lambda probe, finalize, save) and orchestration (forking,
     claiming, the gap between runs).
     """
-    from pathlib import Path
-
     from castlab import store
 
     timing_file = Path(results) / "sweep_timing.json"
@@ -226,7 +239,7 @@ def bench_sweep(results: str = "results/reference/opt_family") -> list[dict]:
     rows = rows[rows["status"] == "ok"]
     in_runs = float(rows["wall_seconds"].sum())
     wall = (json.loads(timing_file.read_text())["wall_seconds"] if timing_file.is_file()
-            else in_runs)
+            else _full_sweep_wall(Path(results), len(rows)) or in_runs)
     in_steps = float(rows["train_seconds"].fillna(0).sum())
     evals = float(rows["eval_seconds"].fillna(0).sum()) if "eval_seconds" in rows else float("nan")
     overhead = 1 - in_steps / wall
@@ -282,6 +295,8 @@ def register(subparsers) -> None:
                     "one table of ratios measured in this one process.")
     p.add_argument("groups", nargs="*", help=f"groups to run: {', '.join(BENCH_GROUPS)}")
     p.add_argument("--json", action="store_true", help="print rows as JSON")
+    p.add_argument("--sweep-results", default=DEFAULT_SWEEP_RESULTS, metavar="DIR",
+                   help="results folder the sweep group reads (default: %(default)s)")
     p.set_defaults(func=run_bench)
 
 
@@ -291,9 +306,12 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = [g for g in groups if g not in BENCH_GROUPS]
     if unknown:
         raise UserError(f"bench group '{unknown[0]}' unknown; allowed {', '.join(BENCH_GROUPS)}")
+    if "sweep" in groups and args.sweep_results != DEFAULT_SWEEP_RESULTS \
+            and not Path(args.sweep_results).is_dir():
+        raise UserError(f"--sweep-results: {args.sweep_results} is not a results folder")
     rows = []
     for name in groups:
         print(f"castlab bench: running {name} ...", file=sys.stderr, flush=True)
-        rows.extend(BENCH_GROUPS[name]())
+        rows.extend(bench_sweep(args.sweep_results) if name == "sweep" else BENCH_GROUPS[name]())
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
     return 0

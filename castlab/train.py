@@ -28,7 +28,13 @@ from tqdm.auto import tqdm
 from castlab import __version__
 from castlab.config import ONESHOT_METHODS, TrainConfig, load_yaml, save_yaml
 from castlab.errors import UserError
-from castlab.evaluate import autocast_context, check_seq_len, perplexity
+from castlab.evaluate import (
+    EVAL_BATCH_TOKENS,
+    autocast_context,
+    check_seq_len,
+    perplexity,
+    shifted_labels,
+)
 from castlab.methods import make_method
 from castlab.models import (
     build_preset,
@@ -174,7 +180,7 @@ def measure_auto_lambda(model, teacher, stream, cfg: TrainConfig, batches: int =
 
 def step_loss(model, teacher, batch: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """Cross-entropy, or KD (eta * KL(teacher||student) + (1-eta) * CE) when a teacher is given."""
-    from castlab.sparsity.distill import kd_loss, shifted_labels, teacher_logits
+    from castlab.sparsity.distill import kd_loss, teacher_logits
 
     device = next(model.parameters()).device
     # whole logits with the last position's label ignored: a logits[:, :-1] slice would copy them
@@ -377,7 +383,7 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
 def _timed_perplexity(ctx: RunContext, model, tokens, cfg: TrainConfig, max_tokens: int | None):
     """``perplexity`` with its seconds added to the run's eval_seconds (the sweep overhead bench)."""
     t0 = time.perf_counter()
-    result = perplexity(model, tokens, cfg.seq_len, batch_size=max(cfg.batch_size, 16),
+    result = perplexity(model, tokens, cfg.seq_len, batch_size=max(1, EVAL_BATCH_TOKENS // cfg.seq_len),
                         dtype=cfg.dtype, max_tokens=max_tokens)
     ctx.extras["eval_seconds"] = ctx.extras.get("eval_seconds", 0.0) + time.perf_counter() - t0
     return result

@@ -108,12 +108,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return KDLoss(total=total, ce=ce, kl=kl)
 
 
-def shifted_labels(input_ids: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Next-token labels aligned with whole logits: input_ids[:, 1:], then ignore_index."""
-    pad = input_ids.new_full((*input_ids.shape[:-1], 1), ignore_index)
-    return torch.cat([input_ids[..., 1:], pad], dim=-1)
-
-
 def freeze_teacher(teacher: nn.Module) -> nn.Module:
     """Put the teacher in eval mode with no parameter requiring gradients; returns it."""
     teacher.eval()

@@ -1,0 +1,39 @@
+"""castlab bench's sweep rows: the wall-time split is arithmetic on stored rows and the sweep log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from castlab import store
+from castlab.bench import bench_sweep
+from castlab.cli import main
+
+
+def _store_runs(root):
+    # (wall, train, eval) seconds per run
+    for i, (wall, train, evals) in enumerate([(10.0, 6.0, 2.0), (20.0, 15.0, 3.0)]):
+        store.write_row(root / f"r{i}", {"run_id": f"r{i}", "status": "ok", "method": "cast",
+                                         "model": "opt-tiny", "wall_seconds": wall,
+                                         "train_seconds": train, "eval_seconds": evals})
+
+
+def test_sweep_rows_split_the_logged_full_sweep_wall(tmp_path):
+    _store_runs(tmp_path)
+    log = [{"wall_seconds": 35.0, "outcomes": {"done": 2}},  # the full sweep
+           {"wall_seconds": 1.5, "outcomes": {"skipped-done": 2}}]  # a later no-op rerun
+    (tmp_path / "sweep_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    rows = bench_sweep(str(tmp_path))
+    # 35 s wall, 21 s in steps: 40% outside; evals 5 s, other in-run 30-21-5 = 4 s, orchestration 5 s
+    assert rows[0]["measured"] == pytest.approx(100 * 14 / 35)
+    assert [r["measured"] for r in rows[1:]] == pytest.approx([100 * 5 / 35, 100 * 4 / 35,
+                                                               100 * 5 / 35])
+    (tmp_path / "sweep_log.jsonl").unlink()  # no log: the runs' own walls (no orchestration)
+    assert bench_sweep(str(tmp_path))[0]["measured"] == pytest.approx(100 * 9 / 30)
+
+
+def test_sweep_results_that_are_not_a_folder_are_a_user_error(tmp_path, capsys):
+    assert main(["bench", "sweep", "--sweep-results", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "--sweep-results" in err and "missing" in err and "Traceback" not in err
