@@ -195,7 +195,7 @@ class AdamS(torch.optim.Optimizer):
 
         Written as m~ = m + a*lam * pruned * (sign(theta) - m/lam), pruned = ~mask as 0./1.:
         arithmetic and no torch.where (whose bool-condition kernel is ~10x slower on CPU). The
-        0./1. copy is made per chunk, in cache, from the one-byte-per-weight bool state.
+        0./1. copy is made per chunk, in cache, from the one-byte-per-weight uint8 state.
         """
         pruned = [pr.to(p.dtype) for pr, p in zip(pruned, params, strict=True)]
         lam = self.lambda_

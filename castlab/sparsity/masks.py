@@ -71,7 +71,7 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, name: str = "weight",
     """Bool mask of ``weight``'s shape keeping exactly ``n`` largest |w| per group of ``m`` inputs.
 
     Ties go to the lower index. Each group's m(m-1)/2 pair tests (i beats j when |w_i| >= |w_j|,
-    i < j) are packed into a small code that indexes a table of kept positions (m <= 5), else
+    i < j) are packed into a small code that indexes a table of kept positions (m <= 6), else
     counted into ranks. Hand-written because ``torch.topk`` does not specify how it breaks ties
     and sort/topk over a last dim of size m is slow on CPU; the table path measured ~3x faster
     than rank counting (strided uint8 accumulation and a bool transpose dominate that one).
