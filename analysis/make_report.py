@@ -49,6 +49,7 @@ def previous_of(results: Path) -> Path:
 # The earlier reference study (rows + law study); its targets are shown beside the current ones.
 PREVIOUS_RESULTS = previous_of(DEFAULT_RESULTS)
 
+
 def ship(src: Path, dst: Path) -> tuple[int, list[str]]:
     """Copy the run files of every finished run under ``src`` to the same place under ``dst``.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -50,20 +51,24 @@ def _pairs(m: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(m) for j in range(i + 1, m)]
 
 
-@functools.cache
-def _mask_table(n: int, m: int, device: torch.device, pruned: bool) -> torch.Tensor:
-    """[2^P, m] bool: the kept (or pruned) positions for each outcome code of the P = m(m-1)/2 pair tests.
-
-    Bit k of a code is 1 when position i beats position j for the k-th pair (i < j); a position
-    is kept when fewer than n positions beat it.
-    """
-    codes = torch.arange(2 ** len(_pairs(m)))
-    rank = torch.zeros(len(codes), m, dtype=torch.long)
-    for k, (i, j) in enumerate(_pairs(m)):
-        i_beats_j = (codes >> k) & 1
+def _select_by_rank(outcomes: Iterable[torch.Tensor], rows: int, n: int, m: int, pruned: bool,
+                    device: torch.device) -> torch.Tensor:
+    """[rows, m] bool from uint8 pair outcomes (one per pair of ``_pairs(m)``, 1 = i beats j):
+    a position is kept when fewer than n positions beat it; ``pruned`` gives the complement."""
+    rank = torch.zeros((rows, m), dtype=torch.uint8, device=device)
+    for (i, j), i_beats_j in zip(_pairs(m), outcomes, strict=True):
         rank[:, j] += i_beats_j
         rank[:, i] += 1 - i_beats_j
-    return (rank >= n if pruned else rank < n).to(device)
+    return rank >= n if pruned else rank < n
+
+
+@functools.cache
+def _mask_table(n: int, m: int, device: torch.device, pruned: bool) -> torch.Tensor:
+    """[2^P, m] bool: the kept (or pruned) positions for each outcome code of the P = m(m-1)/2
+    pair tests; bit k of a code is 1 when position i beats position j for the k-th pair (i < j)."""
+    codes = torch.arange(2 ** len(_pairs(m)))
+    outcomes = (((codes >> k) & 1).to(torch.uint8) for k in range(len(_pairs(m))))
+    return _select_by_rank(outcomes, len(codes), n, m, pruned, torch.device("cpu")).to(device)
 
 
 def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, name: str = "weight",
@@ -89,12 +94,9 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, name: str = "weight",
         table = _mask_table(n, m, scores.device, pruned)
         return table.index_select(0, code.int()).view(weight.shape)
     # rank[i] = how many group members beat position i (larger |w|, or equal at a lower index).
-    rank = torch.zeros(scores.shape, dtype=torch.uint8, device=scores.device)
-    for i, j in pairs:
-        i_beats_j = torch.ge(scores[:, i], scores[:, j]).view(torch.uint8)
-        rank[:, j] += i_beats_j
-        rank[:, i] += 1 - i_beats_j
-    return (rank >= n if pruned else rank < n).view(weight.shape)
+    outcomes = (torch.ge(scores[:, i], scores[:, j]).view(torch.uint8) for i, j in pairs)
+    return _select_by_rank(outcomes, scores.shape[0], n, m, pruned,
+                           scores.device).view(weight.shape)
 
 
 def group_nonzeros(weight: torch.Tensor, m: int, name: str = "weight") -> torch.Tensor:
