@@ -78,10 +78,13 @@ def make_tensors(seed=0):
             torch.randn(5, generator=gen) * 0.1]  # the last one is out of scope
 
 
+@pytest.mark.parametrize("kernel", ["fused", "foreach"])
 @pytest.mark.parametrize("chunk", [None, 5], ids=["default-chunks", "5-element-chunks"])
-def test_adams_matches_elementwise_reference_across_refreshes(chunk, monkeypatch):
+def test_adams_matches_elementwise_reference_across_refreshes(chunk, kernel, monkeypatch):
     if chunk is not None:  # slices that cut rows, mask groups and tensor boundaries
         monkeypatch.setattr(adams, "CHUNK_ELEMENTS", chunk)
+    # both Adam tails: torch's fused kernel, and the foreach passes other devices fall back to
+    monkeypatch.setattr(adams, "_NO_FUSED_ADAM", set() if kernel == "fused" else {"cpu"})
     T, t1, lr, lam = 7, 3, 0.02, 0.05
     tensors = make_tensors()
     params = [torch.nn.Parameter(t.clone()) for t in tensors]
@@ -110,6 +113,8 @@ def test_adams_matches_elementwise_reference_across_refreshes(chunk, monkeypatch
         assert got.dtype == torch.bool and got.tolist() == mask
         assert (opt.state[p]["pruned"] == 0).tolist() == mask
     assert len(opt.flip_rates) == 2 and [s for s, _ in opt.flip_rates] == [3, 6]
+    fell_back = "cpu" in adams._NO_FUSED_ADAM  # the fused run really used the kernel
+    assert fell_back == (kernel == "foreach")
 
 
 def test_out_of_scope_group_matches_torch_adam():

@@ -71,6 +71,18 @@ def _mask_table(n: int, m: int, device: torch.device, pruned: bool) -> torch.Ten
     return _select_by_rank(outcomes, len(codes), n, m, pruned, torch.device("cpu")).to(device)
 
 
+# A row of m bools is one m-byte element when m is 1, 2 or 4: gathering [G] such elements from a
+# 1-D table measured ~3x faster on CPU than gathering [G, m] rows of bools.
+_ROW_AS_ELEMENT = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+
+
+@functools.cache
+def _packed_mask_table(n: int, m: int, device: torch.device, pruned: bool) -> torch.Tensor:
+    """``_mask_table`` with each row reinterpreted as one element of ``_ROW_AS_ELEMENT[m]``."""
+    table = _mask_table(n, m, device, pruned).view(torch.uint8)
+    return table.view(_ROW_AS_ELEMENT[m]).view(-1)
+
+
 def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, name: str = "weight",
             pruned: bool = False) -> torch.Tensor:
     """Bool mask of ``weight``'s shape keeping exactly ``n`` largest |w| per group of ``m`` inputs.
@@ -91,6 +103,9 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, name: str = "weight",
         code = torch.zeros(scores.shape[0], dtype=code_dtype, device=scores.device)
         for k, (i, j) in enumerate(pairs):
             code |= torch.ge(scores[:, i], scores[:, j]).to(code_dtype) << k
+        if m in _ROW_AS_ELEMENT:
+            rows = _packed_mask_table(n, m, scores.device, pruned).index_select(0, code.int())
+            return rows.view(torch.uint8).view(torch.bool).view(weight.shape)
         table = _mask_table(n, m, scores.device, pruned)
         return table.index_select(0, code.int()).view(weight.shape)
     # rank[i] = how many group members beat position i (larger |w|, or equal at a lower index).
