@@ -37,3 +37,19 @@ def test_sweep_results_that_are_not_a_folder_are_a_user_error(tmp_path, capsys):
     assert main(["bench", "sweep", "--sweep-results", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "--sweep-results" in err and "missing" in err and "Traceback" not in err
+
+
+def test_live_tensor_peak_is_the_largest_sum_of_live_tensors():
+    import torch
+
+    from castlab.bench import PEAK_METERS
+
+    meter = PEAK_METERS["live"]()
+    meter.start()
+    a = torch.ones(1 << 20)  # 4 MiB
+    b = torch.ones(1 << 21)  # 8 MiB: 12 MiB live
+    del a
+    c = torch.ones(1 << 19)  # 2 MiB: 10 MiB live
+    peak = meter.stop()
+    assert (1 << 20) * 12 <= peak < (1 << 20) * 12 + (1 << 16)
+    del b, c
