@@ -4,6 +4,11 @@
     python -m analysis.make_report --reuse-law                      # tables from the stored law
     python -m analysis.make_report --ship-from results/opt_family   # copy a sweep in, then write
 
+The long-budget companion sweep (sweeps/opt_family_long.yaml) is shipped into the sibling folder
+``results/reference/opt_family_long`` (``--ship-from results/opt_family_long --results
+results/reference/opt_family_long --ship-only``); when present, its own law study is fitted and
+stored there and the report gains a section on it.
+
 Shipping copies result.parquet, curve.parquet and config.yaml of every finished run (nothing
 else: no checkpoints, no models) into the reference folder. The law study (held-out predictions,
 the chosen form and its bootstrap intervals) is stored as JSON next to the rows so the report's
@@ -46,8 +51,14 @@ def previous_of(results: Path) -> Path:
     return results.with_name(results.name + "_v1")
 
 
+def companion_of(results: Path) -> Path:
+    """Where the long-budget companion study of ``results`` lives: the sibling ``RESULTS_long``."""
+    return results.with_name(results.name + "_long")
+
+
 # The earlier reference study (rows + law study); its targets are shown beside the current ones.
 PREVIOUS_RESULTS = previous_of(DEFAULT_RESULTS)
+COMPANION_RESULTS = companion_of(DEFAULT_RESULTS)
 
 
 def ship(src: Path, dst: Path) -> tuple[int, list[str]]:
@@ -151,6 +162,27 @@ def check_hash(rows, data: dict, path: Path) -> None:
                         "differs); run without --reuse-law to refit")
 
 
+def load_companion(folder: Path) -> tuple | None:
+    """(rows, stored law study) of the companion sweep in ``folder``; None when it is absent."""
+    if not folder.is_dir() or not any(store.result_paths(folder)):
+        return None
+    rows = store.load(folder, strict=True)
+    data = load_study(folder / LAW_FILE)
+    check_hash(rows, data, folder / LAW_FILE)
+    return rows, data
+
+
+def companion_study(folder: Path, args, forms: list[str] | None) -> tuple | None:
+    """``load_companion`` after refitting and storing its law study, unless ``--reuse-law``."""
+    if not args.reuse_law and folder.is_dir() and any(store.result_paths(folder)):
+        rows = store.load(folder, strict=True)
+        data = run_study(rows, draws=args.draws, heldout_draws=args.heldout_draws,
+                         level=args.level, seed=args.seed, forms=forms).data
+        data["results"] = folder.as_posix()
+        (folder / LAW_FILE).write_text(json.dumps(data, indent=1) + "\n")
+    return load_companion(folder)
+
+
 def generate(args) -> int:
     """Fit (or reuse) the law study, draw the figures, write REPORT.md."""
     results = Path(args.results)
@@ -161,11 +193,11 @@ def generate(args) -> int:
         print(f"make_report: warning: {w.message}", file=sys.stderr)
     law_path = Path(args.law_json) if args.law_json else results / LAW_FILE
     report, figures = Path(args.report), Path(args.figures)
+    forms = None
     if args.reuse_law:
         data = load_study(law_path)
         check_hash(rows, data, law_path)
     else:
-        forms = None
         if args.forms:
             forms = [f.strip() for f in args.forms.split(",") if f.strip()]
             for name in forms:
@@ -189,8 +221,9 @@ def generate(args) -> int:
     law_path.write_text(text)
     report.parent.mkdir(parents=True, exist_ok=True)
     # Rendered from the JSON as written, exactly what the drift test will read back.
-    previous = previous_of(results)
-    report.write_text(render(rows, json.loads(text), load_previous(previous), previous.as_posix()))
+    previous, companion = previous_of(results), companion_of(results)
+    report.write_text(render(rows, json.loads(text), load_previous(previous), previous.as_posix(),
+                             companion_study(companion, args, forms), companion.as_posix()))
     print(f"make_report: {len(rows)} runs from {results}; chosen form {data.get('chosen')}; "
           f"wrote {report}, {law_path}" + ("" if args.reuse_law else f", figures in {figures}"))
     return 0

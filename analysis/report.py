@@ -12,19 +12,20 @@ import pandas as pd
 
 from analysis import noise as N
 from analysis import tables as T
-from analysis.targets import targets_table
+from analysis.targets import law_targets_side_by_side, targets_table
 from castlab.law.forms import FORMS
 
 MARKER = re.compile(r"<!-- begin:(?P<name>[\w-]+) -->\n(?P<body>.*?)\n<!-- end:(?P=name) -->",
                     re.S)
 
 
-def blocks(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] | None = None
-           ) -> dict[str, str]:
+def blocks(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] | None = None,
+           companion: tuple[pd.DataFrame, dict] | None = None) -> dict[str, str]:
     """Every marked block of the report, name -> markdown text.
 
     ``previous`` (rows, law study) of an earlier reference study adds its targets table, so the
-    report shows the targets before and after the fixes made in between.
+    report shows the targets before and after the fixes made in between. ``companion`` (rows, law
+    study) of the long-budget companion sweep adds its PPL, held-out and shock tables.
     """
     out = {"targets": T.markdown(targets_table(rows, study)),
            "headline": T.markdown(T.headline_table(rows)),
@@ -42,6 +43,16 @@ def blocks(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
            "shock-by-budget": T.markdown(T.shock_by_budget_table(rows))}
     if previous is not None:
         out["previous-targets"] = T.markdown(targets_table(*previous))
+    if companion is not None:
+        c_rows, c_study = companion
+        out |= {"companion-targets": T.markdown(law_targets_side_by_side(
+                    study, c_study, "long-budget companion")),
+                "companion-headline": T.markdown(T.headline_table(c_rows)),
+                "companion-law-chosen": law_sentence(c_study),
+                "companion-heldout-total": T.markdown(T.heldout_table(c_study, "total")),
+                "companion-points": T.markdown(T.chosen_points_table(c_study)),
+                "companion-noise": T.markdown(N.noise_table(c_rows, c_study)),
+                "companion-shock": T.markdown(T.shock_by_budget_table(c_rows))}
     failed = T.failed_table(rows)
     out["failed"] = T.markdown(failed) if len(failed) else "No run failed."
     return out
@@ -72,9 +83,11 @@ def _figure(study: dict, key: str, alt: str) -> str:
 
 
 def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] | None = None,
-           previous_source: str = "") -> str:
-    """The whole of REPORT.md (``previous``: see ``blocks``; ``previous_source`` its folder)."""
-    b = {k: _block(k, v) for k, v in blocks(rows, study, previous).items()}
+           previous_source: str = "", companion: tuple[pd.DataFrame, dict] | None = None,
+           companion_source: str = "") -> str:
+    """The whole of REPORT.md (``previous``, ``companion``: see ``blocks``; ``*_source`` their
+    folders)."""
+    b = {k: _block(k, v) for k, v in blocks(rows, study, previous, companion).items()}
     src = study.get("results", "results/reference/opt_family")
     law_json = study.get("law_json", f"{src}/report_law.json")
     level = f"{study.get('level', 0.9):.0%}"
@@ -119,7 +132,8 @@ def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
         "", _figure(study, "residuals", "held-out error vs extrapolation distance"), "",
         "## Seed noise next to the prediction errors", "",
         "PPL sd over seeds (ddof 1) at the repeated cells:", "", b["seed-noise"], "",
-        "The chosen form's mean held-out PPL ARE per size, beside the noise floor:", "",
+        "The chosen form's mean held-out PPL ARE per size, beside the noise floor (the seed sd "
+        "at the largest repeated budget, where the held-out runs are):", "",
         b["noise-vs-error"], "", b["noise-sentence"], "",
         "## Runs: prune shock, masked/kept ratio, wall time", "",
         "Prune shock is the eval loss after the final hard prune minus the loss just before it; "
@@ -136,6 +150,19 @@ def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
         "regime they predict; both cost sweep time this machine does not have within 20 minutes.",
         "", b["shock-by-budget"], "",
     ]
+    if companion is not None:
+        parts += [
+            "## Long-budget companion: the same law once the decay completes", "",
+            f"`sweeps/opt_family_long.yaml`, results in `{companion_source}`: cast and dense-kd "
+            "on opt-100k (the same cached teacher), budgets 8x longer than the main study "
+            "(512 to 4,096 optimizer steps of 4 x 64 tokens), so even the smallest budget ends "
+            "with the masked weights near zero. Everything else is as in the main study. It tests "
+            "the explanation above: if the D/4 miss comes from fitting shock-regime runs, the "
+            "same forms should predict D from D/4 here. The law study is stored in "
+            f"`{companion_source}/report_law.json`.", "",
+            b["companion-targets"], "",
+            b["companion-headline"], "", b["companion-shock"], "", b["companion-law-chosen"], "",
+            b["companion-heldout-total"], "", b["companion-points"], "", b["companion-noise"], ""]
     if "previous-targets" in b:
         parts += [
             "## The earlier study, before the fixes", "",

@@ -142,14 +142,28 @@ def gap_target(rows: pd.DataFrame) -> tuple[str, str]:
     return "; ".join(parts), MET if ok else NOT_MET
 
 
-def targets_table(rows: pd.DataFrame, study: dict) -> pd.DataFrame:
-    """Every target of issue 7 with its measured value and met / NOT MET / not measured."""
-    checks = [
-        ("sweep wall time <= 20 min", sweep_target(study.get("sweep_timing"))),
+def _law_checks(study: dict) -> list[tuple[str, tuple[str, str]]]:
+    return [
         (f"held-out PPL ARE <= {f_pct(ARE_TARGET, digits=1)} predicting D from budgets <= D/4",
          are_target(study)),
         (f"{study.get('level', 0.9):.0%} intervals cover >= {f_pct(COVERAGE_TARGET, digits=0)} "
          "of held-out runs", coverage_target(study)),
+    ]
+
+
+def law_targets_side_by_side(study: dict, other: dict, other_name: str) -> pd.DataFrame:
+    """The law targets of ``study`` (the main study) next to those of ``other``."""
+    return pd.DataFrame([{"target": name, "main study": f"{m} ({v})",
+                          other_name: "{} ({})".format(*other_check)}
+                         for (name, (m, v)), (_, other_check)
+                         in zip(_law_checks(study), _law_checks(other), strict=True)])
+
+
+def targets_table(rows: pd.DataFrame, study: dict) -> pd.DataFrame:
+    """Every target of issue 7 with its measured value and met / NOT MET / not measured."""
+    checks = [
+        ("sweep wall time <= 20 min", sweep_target(study.get("sweep_timing"))),
+        *_law_checks(study),
         ("CAST beats one-shot magnitude / Wanda / SparseGPT at every size", oneshot_target(rows)),
         ("CAST beats sr-ste and ast at equal budget", trained_target(rows)),
         ("CAST's PPL gap to the dense teacher shrinks as D grows (gap per budget, ascending)",

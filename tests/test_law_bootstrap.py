@@ -2,7 +2,14 @@
 
 import numpy as np
 
-from castlab.law.bootstrap import bootstrap, param_summary, resample_weights, seed_noise
+from castlab.law.bootstrap import (
+    bootstrap,
+    interval,
+    param_summary,
+    predictive_draws,
+    resample_weights,
+    seed_noise,
+)
 from castlab.law.fit import fit_form
 from castlab.law.synthetic import synthetic_case, synthetic_points
 
@@ -27,6 +34,20 @@ def test_seed_noise_is_pooled_sd_over_repeated_seeds():
     want = np.sqrt(np.mean([(a - b) ** 2 / 2 for a, b in keys.values()]))
     assert source == "seeds" and abs(sigma - want) < 1e-12
     assert 0.003 < sigma < 0.007  # the synthetic noise is 0.5%
+
+
+def test_exactly_determined_fit_has_no_noise_estimate_and_no_interval():
+    # loglinear (2 parameters) on 2 runs of one size: the fit passes through both points
+    pts = synthetic_points("loglinear", {"a@x": 1.6, "b@x": 0.05}, {"x": 1e6}, (1e6, 2e6),
+                           noise=0.002)
+    fit = fit_form("loglinear", pts)
+    sigma, source = seed_noise(fit, pts)
+    assert np.isnan(sigma) and source.startswith("none")
+    boot = bootstrap(fit, pts, draws=5, seed=0)
+    lo, hi = interval(predictive_draws(fit, boot, pts), 0.9)
+    assert np.isnan(lo).all() and np.isnan(hi).all()
+    # without the run noise the parameter spread still gives numbers
+    assert np.isfinite(predictive_draws(fit, boot, pts, noise=False)).all()
 
 
 def test_bootstrap_is_seeded():

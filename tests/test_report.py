@@ -23,9 +23,11 @@ if str(ROOT) not in sys.path:  # analysis/ is a folder of the repo, not part of 
 
 from analysis import lawstudy, noise, report, tables, targets  # noqa: E402
 from analysis.make_report import (  # noqa: E402
+    COMPANION_RESULTS,
     LAW_FILE,
     PREVIOUS_RESULTS,
     check_hash,
+    load_companion,
     load_previous,
     load_study,
     main,
@@ -348,6 +350,29 @@ def test_generate_then_reuse_is_stable_and_detects_drift(tmp_path, capsys):
     assert "fitted to other cast rows" in capsys.readouterr().err
 
 
+def test_companion_study_is_fitted_stored_rendered_and_hash_checked(tmp_path, capsys):
+    res = make_store(tmp_path / "ref")
+    long = make_store(tmp_path / "ref_long")  # found as the sibling RESULTS_long
+    out = ["--results", str(res), "--report", str(tmp_path / "R.md"),
+           "--figures", str(tmp_path / "fig"), "--draws", "5", "--heldout-draws", "3",
+           "--forms", "power_d,loglinear"]
+    assert main(out) == 0
+    text = (tmp_path / "R.md").read_text()
+    assert "## Long-budget companion" in text
+    rows, study = load_companion(long)
+    assert study["results"] == long.as_posix() and study["forms"] == ["power_d", "loglinear"]
+    shipped = report.parse_blocks(text)
+    assert shipped["companion-headline"] == tables.markdown(tables.headline_table(rows))
+    assert shipped["companion-heldout-total"] == tables.markdown(tables.heldout_table(study, "total"))
+    assert main(out + ["--reuse-law"]) == 0
+    assert (tmp_path / "R.md").read_text() == text
+    row = store.read_row(long / "run05")  # a cast row of the companion changes its data hash
+    store.write_row(long / "run05", {**row, "ppl": 81.0, "eval_loss": math.log(81.0)})
+    assert main(out + ["--reuse-law"]) == 2
+    err = capsys.readouterr().err
+    assert "ref_long" in err and "fitted to other cast rows" in err
+
+
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="results/reference/opt_family is absent: the "
                     "reference study has not been shipped yet (python -m analysis.make_report "
                     "--ship-from results/opt_family)")
@@ -358,12 +383,14 @@ def test_shipped_report_matches_reference_results():
     study = json.loads((REFERENCE / LAW_FILE).read_text())
     check_hash(rows, study, REFERENCE / LAW_FILE)  # the stored law belongs to these rows
     previous = load_previous(PREVIOUS_RESULTS)  # the earlier study's targets, shown beside
+    companion = load_companion(COMPANION_RESULTS)  # the long-budget sweep, law hash-checked
     shipped = report.parse_blocks(REPORT.read_text())
-    rebuilt = report.blocks(rows, study, previous)
+    rebuilt = report.blocks(rows, study, previous, companion)
     assert set(shipped) == set(rebuilt)
     for name, body in rebuilt.items():
         assert shipped[name] == body, f"REPORT.md block '{name}' drifted from the data"
-    assert REPORT.read_text() == report.render(rows, study, previous, PREVIOUS_RESULTS.as_posix())
+    assert REPORT.read_text() == report.render(rows, study, previous, PREVIOUS_RESULTS.as_posix(),
+                                               companion, COMPANION_RESULTS.as_posix())
 
 
 def test_shock_by_budget_hand_computed():
@@ -380,3 +407,14 @@ def test_shock_by_budget_hand_computed():
     assert t["max"].tolist()[0] == "+0.2000" and t["masked/kept, mean"].tolist()[0] == "0.2000"
     assert t["role in held-out splits"].tolist() == ["fit by D/2, D/4", "fit by D/2",
                                                      "predicted (D)"]
+
+
+def test_noise_floor_is_the_seed_sd_at_the_largest_repeated_budget():
+    ppl = {(1000, 0): 100.0, (1000, 1): 110.0, (4000, 0): 50.0, (4000, 1): 51.0}
+    rows = pd.DataFrame([{"model": "m", "method": "cast", "tokens": t, "seed": s, "ppl": v,
+                          "eval_loss": math.log(v), "params_non_embedding": 10, "seq_len": 64,
+                          "eval_tokens": 2048, "dtype": "fp32", "status": "ok"}
+                         for (t, s), v in ppl.items()])
+    t = noise.noise_table(rows, {"chosen": None, "heldout": []})
+    # 4,000 tokens: sd(50, 51) = 0.7071 over a mean of 50.5 (the 1,000-token cell would be 6.73%)
+    assert by_col(t, "size", "m")["cast PPL seed sd"] == "1.40%"

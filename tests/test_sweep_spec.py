@@ -35,7 +35,8 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_shipped_sweeps_validate_and_plan(tmp_path):
-    expected = {"smoke.yaml": 5, "opt_family.yaml": 60, "opt_hf.yaml": 45}
+    expected = {"smoke.yaml": 5, "opt_family.yaml": 60, "opt_family_long.yaml": 13,
+                "opt_hf.yaml": 45}
     assert sorted(p.name for p in SWEEPS.glob("*.yaml")) == sorted(expected)
     for name, count in expected.items():
         plan = build_plan(load_sweep(SWEEPS / name))
@@ -44,6 +45,16 @@ def test_shipped_sweeps_validate_and_plan(tmp_path):
         kinds = [r.kind for r in plan]
         assert kinds == sorted(kinds, key=lambda k: k != "teacher")  # teachers first
         print(f"\n{name}: {count} runs, {kinds.count('teacher')} teachers")
+
+
+def test_long_companion_reuses_the_opt_family_teacher_and_starts_where_decay_completes():
+    main = build_plan(load_sweep(SWEEPS / "opt_family.yaml"))
+    long = build_plan(load_sweep(SWEEPS / "opt_family_long.yaml"))
+    teacher = next(r.run_id for r in long if r.kind == "teacher")
+    assert teacher in {r.run_id for r in main if r.kind == "teacher"}  # the cached one, shared
+    main_budgets = sorted({r.config.tokens for r in main if r.kind == "run" and r.config.tokens})
+    long_budgets = sorted({r.config.tokens for r in long if r.kind == "run"})
+    assert long_budgets[0] == main_budgets[-1] and long_budgets[-1] == 8 * main_budgets[-1]
 
 
 def test_opt_family_design():

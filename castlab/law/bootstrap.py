@@ -47,7 +47,8 @@ def resample_weights(pts: Points, rng: np.random.Generator) -> np.ndarray:
 
 
 def seed_noise(fit: Fit, pts: Points) -> tuple[float, str]:
-    """Sd of ln L of a single run: pooled over repeated seeds, else 1.4826 * MAD of residuals."""
+    """Sd of ln L of a single run: pooled over repeated seeds, else 1.4826 * MAD of residuals;
+    NaN when neither exists (no repeated seeds and no more runs than fitted parameters)."""
     keys = np.array([f"{a}|{b:.6g}|{c:.6g}" for a, b, c in zip(pts.size, pts.d, pts.s, strict=True)])
     ss, dof = 0.0, 0
     for k in np.unique(keys):
@@ -56,6 +57,8 @@ def seed_noise(fit: Fit, pts: Points) -> tuple[float, str]:
             ss, dof = ss + float(((y - y.mean()) ** 2).sum()), dof + len(y) - 1
     if dof > 0:
         return float(np.sqrt(ss / dof)), "seeds"
+    if len(pts) <= fit.theta.size:  # an exactly determined fit leaves zero residuals
+        return float("nan"), "none: no repeated seeds and no residual degrees of freedom"
     r = np.log(pts.loss) - fit.predict_log(pts)
     return float(1.4826 * np.median(np.abs(r - np.median(r)))), "residuals"
 
@@ -84,8 +87,14 @@ def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
 
 def predictive_draws(fit: Fit, boot: Bootstrap, pts: Points, seed: int = 0,
                      noise: bool = True) -> np.ndarray:
-    """(B, n) draws of ln L at ``pts``: bootstrap refits, plus one run's noise if ``noise``."""
+    """(B, n) draws of ln L at ``pts``: bootstrap refits, plus one run's noise if ``noise``.
+
+    All NaN when the noise was asked for but could not be estimated: an interval without it
+    would claim a certainty the data cannot give (zero width from an exactly determined fit).
+    """
     y = fit.predict_log(pts, boot.thetas, boot.dense_thetas)
+    if noise and not np.isfinite(boot.sigma):
+        return np.full(y.shape, np.nan)
     if noise and boot.sigma > 0:
         y = y + boot.sigma * np.random.default_rng(seed).standard_normal(y.shape)
     return y

