@@ -29,8 +29,17 @@ def test_sweep_rows_split_the_logged_full_sweep_wall(tmp_path):
     assert rows[0]["measured"] == pytest.approx(100 * 14 / 35)
     assert [r["measured"] for r in rows[1:]] == pytest.approx([100 * 5 / 35, 100 * 4 / 35,
                                                                100 * 5 / 35])
-    (tmp_path / "sweep_log.jsonl").unlink()  # no log: the runs' own walls (no orchestration)
-    assert bench_sweep(str(tmp_path))[0]["measured"] == pytest.approx(100 * 9 / 30)
+    # a sweep that also ran teachers (3 done for 2 stored runs) does not time these runs alone;
+    # a teachers-cached wall of another invocation (sweep_timing.json) is not mixed in either
+    log = [{"wall_seconds": 90.0, "outcomes": {"done": 3}}]
+    (tmp_path / "sweep_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    (tmp_path / "sweep_timing.json").write_text(json.dumps({"wall_seconds": 31.0}))
+    rows = bench_sweep(str(tmp_path))  # the runs' own walls: 30 s, 21 s in steps
+    assert rows[0]["measured"] == pytest.approx(100 * 9 / 30)
+    assert "orchestration not measured" in rows[0]["note"]
+    assert [r["bench"].strip() for r in rows[1:]] == [
+        "of which perplexity evals (final val/test, pre-prune, periodic)",
+        "of which other in-run work (load, lambda probe, finalize, save)"]
 
 
 def test_sweep_results_that_are_not_a_folder_are_a_user_error(tmp_path, capsys):
