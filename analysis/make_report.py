@@ -42,7 +42,6 @@ DEFAULT_REPORT = Path("analysis/REPORT.md")
 DEFAULT_FIGURES = Path("analysis/figures")
 LAW_FILE = "report_law.json"
 TIMING_FILE = "sweep_timing.json"
-SWEEP_LOG = "sweep_log.jsonl"  # appended by `castlab sweep` (castlab.sweep.commands)
 SHIPPED = (store.RESULT_FILE, store.CURVE_FILE, store.CONFIG_FILE)
 
 
@@ -85,8 +84,8 @@ def ship(src: Path, dst: Path) -> tuple[int, list[str]]:
         for name in SHIPPED:
             if (run / name).is_file():
                 shutil.copy2(run / name, target / name)
-    if (src / SWEEP_LOG).is_file():  # the sweep's own record of its invocations and wall times
-        shutil.copy2(src / SWEEP_LOG, dst / SWEEP_LOG)
+    if (src / store.SWEEP_LOG_FILE).is_file():  # the sweep's own record of its runs and walls
+        shutil.copy2(src / store.SWEEP_LOG_FILE, dst / store.SWEEP_LOG_FILE)
     pending = sorted(str(p.parent.relative_to(src)) for p in src.rglob(store.CONFIG_FILE)
                      if p.parent not in set(runs))
     return len(runs), pending

@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -248,7 +249,9 @@ DEFAULT_SWEEP_RESULTS = "results/reference/opt_family"
 
 def _full_sweep_wall(results: Path, runs: int) -> float | None:
     """Wall seconds of the latest logged ``castlab sweep`` that ran all ``runs`` runs, if any."""
-    log = results / "sweep_log.jsonl"
+    from castlab import store
+
+    log = results / store.SWEEP_LOG_FILE
     if not log.is_file():
         return None
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -304,13 +307,14 @@ def _fit_rows() -> list[dict]:
     return run_fit_bench()
 
 
-BENCH_GROUPS = {
-    "optimizer": _optimizer_rows,
-    "step": bench_cast_step,
-    "fit": _fit_rows,
-    "tcmalloc": bench_tcmalloc,
-    "memory": bench_memory,
-    "sweep": bench_sweep,
+# name -> rows, given the parsed command line (the sweep group reads --sweep-results)
+BENCH_GROUPS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
+    "optimizer": lambda args: _optimizer_rows(),
+    "step": lambda args: bench_cast_step(),
+    "fit": lambda args: _fit_rows(),
+    "tcmalloc": lambda args: bench_tcmalloc(),
+    "memory": lambda args: bench_memory(),
+    "sweep": lambda args: bench_sweep(args.sweep_results),
 }
 
 
@@ -351,6 +355,6 @@ def run_bench(args: argparse.Namespace) -> int:
     rows = []
     for name in groups:
         print(f"castlab bench: running {name} ...", file=sys.stderr, flush=True)
-        rows.extend(bench_sweep(args.sweep_results) if name == "sweep" else BENCH_GROUPS[name]())
+        rows.extend(BENCH_GROUPS[name](args))
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
     return 0

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pandas is imported by the readers only: writers (trainers) 
 RESULT_FILE = "result.parquet"
 CURVE_FILE = "curve.parquet"
 CONFIG_FILE = "config.yaml"
+SWEEP_LOG_FILE = "sweep_log.jsonl"  # one line per `castlab sweep` invocation, in RESULTS
 LOCK_FILE = "running.json"
 # A lock written on another host cannot be checked by pid; runners refresh its mtime, so one not
 # refreshed for this long is stale.

@@ -71,7 +71,7 @@ def _log_invocation(spec: SweepSpec, started: float, counts: Counter) -> None:
              "backend": spec.backend_name, "outcomes": dict(sorted(counts.items()))}
     results = Path(spec.results_dir())
     results.mkdir(parents=True, exist_ok=True)
-    with open(results / "sweep_log.jsonl", "a") as log:  # one short append: no partial lines
+    with open(results / store.SWEEP_LOG_FILE, "a") as log:  # one short append: no partial lines
         log.write(json.dumps(entry) + "\n")
 
 
