@@ -161,25 +161,24 @@ def check_hash(rows, data: dict, path: Path) -> None:
                         "differs); run without --reuse-law to refit")
 
 
-def load_companion(folder: Path) -> tuple | None:
-    """(rows, stored law study) of the companion sweep in ``folder``; None when it is absent."""
+def stored_study(rows, path: Path) -> dict:
+    """The law study stored at ``path``, checked to belong to exactly these cast rows."""
+    data = load_study(path)
+    check_hash(rows, data, path)
+    return data
+
+
+def companion_study(folder: Path, refit: dict | None = None) -> tuple | None:
+    """(rows, stored law study) of the companion sweep in ``folder``, None when it has no runs;
+    with ``refit`` (``run_study`` keyword arguments) its law study is refitted and stored first."""
     if not folder.is_dir() or not any(store.result_paths(folder)):
         return None
     rows = store.load(folder, strict=True)
-    data = load_study(folder / LAW_FILE)
-    check_hash(rows, data, folder / LAW_FILE)
-    return rows, data
-
-
-def companion_study(folder: Path, args, forms: list[str] | None) -> tuple | None:
-    """``load_companion`` after refitting and storing its law study, unless ``--reuse-law``."""
-    if not args.reuse_law and folder.is_dir() and any(store.result_paths(folder)):
-        rows = store.load(folder, strict=True)
-        data = run_study(rows, draws=args.draws, heldout_draws=args.heldout_draws,
-                         level=args.level, seed=args.seed, forms=forms).data
+    if refit is not None:
+        data = run_study(rows, **refit).data
         data["results"] = folder.as_posix()
         (folder / LAW_FILE).write_text(json.dumps(data, indent=1) + "\n")
-    return load_companion(folder)
+    return rows, stored_study(rows, folder / LAW_FILE)
 
 
 def generate(args) -> int:
@@ -192,17 +191,18 @@ def generate(args) -> int:
         print(f"make_report: warning: {w.message}", file=sys.stderr)
     law_path = Path(args.law_json) if args.law_json else results / LAW_FILE
     report, figures = Path(args.report), Path(args.figures)
-    forms = None
+    refit = None  # run_study's arguments, shared by the main and the companion study
     if args.reuse_law:
-        data = load_study(law_path)
-        check_hash(rows, data, law_path)
+        data = stored_study(rows, law_path)
     else:
+        forms = None
         if args.forms:
             forms = [f.strip() for f in args.forms.split(",") if f.strip()]
             for name in forms:
                 get_form(name)  # UserError naming the allowed forms
-        study = run_study(rows, draws=args.draws, heldout_draws=args.heldout_draws,
-                          level=args.level, seed=args.seed, forms=forms)
+        refit = {"draws": args.draws, "heldout_draws": args.heldout_draws, "level": args.level,
+                 "seed": args.seed, "forms": forms}
+        study = run_study(rows, **refit)
         data = study.data
         data["teachers"] = teacher_info(rows)
         data["results"] = results.as_posix()
@@ -222,7 +222,7 @@ def generate(args) -> int:
     # Rendered from the JSON as written, exactly what the drift test will read back.
     previous, companion = previous_of(results), companion_of(results)
     report.write_text(render(rows, json.loads(text), load_previous(previous), previous.as_posix(),
-                             companion_study(companion, args, forms), companion.as_posix()))
+                             companion_study(companion, refit), companion.as_posix()))
     print(f"make_report: {len(rows)} runs from {results}; chosen form {data.get('chosen')}; "
           f"wrote {report}, {law_path}" + ("" if args.reuse_law else f", figures in {figures}"))
     return 0

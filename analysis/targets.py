@@ -153,9 +153,8 @@ def _law_checks(study: dict) -> list[tuple[str, tuple[str, str]]]:
 
 def law_targets_side_by_side(study: dict, other: dict, other_name: str) -> pd.DataFrame:
     """The law targets of ``study`` (the main study) next to those of ``other``."""
-    return pd.DataFrame([{"target": name, "main study": f"{m} ({v})",
-                          other_name: "{} ({})".format(*other_check)}
-                         for (name, (m, v)), (_, other_check)
+    return pd.DataFrame([{"target": name, "main study": f"{m} ({v})", other_name: f"{om} ({ov})"}
+                         for (name, (m, v)), (_, (om, ov))
                          in zip(_law_checks(study), _law_checks(other), strict=True)])
 
 

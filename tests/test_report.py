@@ -27,7 +27,7 @@ from analysis.make_report import (  # noqa: E402
     LAW_FILE,
     PREVIOUS_RESULTS,
     check_hash,
-    load_companion,
+    companion_study,
     load_previous,
     load_study,
     main,
@@ -359,7 +359,7 @@ def test_companion_study_is_fitted_stored_rendered_and_hash_checked(tmp_path, ca
     assert main(out) == 0
     text = (tmp_path / "R.md").read_text()
     assert "## Long-budget companion" in text
-    rows, study = load_companion(long)
+    rows, study = companion_study(long)
     assert study["results"] == long.as_posix() and study["forms"] == ["power_d", "loglinear"]
     shipped = report.parse_blocks(text)
     assert shipped["companion-headline"] == tables.markdown(tables.headline_table(rows))
@@ -383,7 +383,7 @@ def test_shipped_report_matches_reference_results():
     study = json.loads((REFERENCE / LAW_FILE).read_text())
     check_hash(rows, study, REFERENCE / LAW_FILE)  # the stored law belongs to these rows
     previous = load_previous(PREVIOUS_RESULTS)  # the earlier study's targets, shown beside
-    companion = load_companion(COMPANION_RESULTS)  # the long-budget sweep, law hash-checked
+    companion = companion_study(COMPANION_RESULTS)  # the long-budget sweep, law hash-checked
     shipped = report.parse_blocks(REPORT.read_text())
     rebuilt = report.blocks(rows, study, previous, companion)
     assert set(shipped) == set(rebuilt)
