@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -20,9 +22,29 @@ import yaml
 
 from castlab.errors import UserError
 
-TRAINED_METHODS = ("dense", "dense-kd", "cast", "sr-ste", "ast")
+TRAINED_METHODS = ("dense", "dense-kd", "dense-kd-adam", "cast", "sr-ste", "ast")
 ONESHOT_METHODS = ("magnitude", "wanda", "sparsegpt")
 METHODS = TRAINED_METHODS + ONESHOT_METHODS
+
+# Largest token count any count field accepts (1e15 tokens is ~100x today's largest LLM budgets):
+# a bound that keeps int(round(x)) finite and a typo like 1e400 a one-line error.
+MAX_COUNT = 10**15
+# Largest number of values a YAML file may expand to through aliases: real sweep files have a few
+# hundred, while an alias bomb (`&a [..] &b [*a, *a, ...]`) reaches 10^9 from a few lines.
+MAX_YAML_VALUES = 100_000
+# Largest vocabulary castlab trains a BPE for (2^20; the biggest public LLM vocabularies are ~256k).
+MAX_VOCAB = 2**20
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = 60
+_short_repr.maxother = 60
+_short_repr.maxlist = _short_repr.maxtuple = _short_repr.maxdict = 6
+_short_repr.maxlevel = 2
+
+
+def show(value: Any) -> str:
+    """repr of a user value, shortened: error messages quote what was given, never all of it."""
+    return _short_repr.repr(value)
 
 
 def _type_name(tp: Any) -> str:
@@ -48,11 +70,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value in typing.get_args(tp):
             return value
     elif origin in (typing.Union, types.UnionType):
+        finite_error = None
         for option in typing.get_args(tp):
             try:
                 return _coerce(value, option, where)
-            except UserError:
-                continue
+            except UserError as err:
+                if str(err).endswith("allowed a finite number"):  # the right type, a bad value
+                    finite_error = err
+        if finite_error is not None:
+            raise finite_error
     elif origin in (list, tuple):
         if isinstance(value, (list, tuple)):
             (item_type, *_) = typing.get_args(tp) or (Any,)
@@ -71,6 +97,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return None
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > 1e300 or not math.isfinite(value):
+                raise UserError(f"{where}: got {show(value)}, allowed a finite number")
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -83,7 +111,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif isinstance(value, tp):
         return value
-    raise UserError(f"{where}: got {value!r}, allowed {_type_name(tp)}")
+    raise UserError(f"{where}: got {show(value)}, allowed {_type_name(tp)}")
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
@@ -120,13 +148,55 @@ def save_yaml(obj: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key_node.value[:60]}' is given twice", key_node.start_mark)
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def expanded_size(data: Any, limit: int = MAX_YAML_VALUES) -> int:
+    """Number of values ``data`` holds once aliases are expanded, counting up to just past ``limit``.
+
+    YAML aliases make shared objects, so the count is memoised per object: linear in the file,
+    whatever the expansion.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(x: Any) -> int:
+        if not isinstance(x, (list, dict)):
+            return 1
+        if id(x) in sizes:
+            return sizes[id(x)]
+        sizes[id(x)] = limit + 1  # a self-referencing alias (&a [*a]) counts as too big
+        items = list(x.values()) + list(x) if isinstance(x, dict) else x
+        total = 1
+        for item in items:
+            total = min(total + size(item), limit + 1)
+            if total > limit:
+                break
+        sizes[id(x)] = total
+        return total
+
+    return size(data)
+
+
 def read_yaml(path: str | Path, what: str = "file") -> Any:
-    """Parse a YAML file; a missing file, bad YAML or non-text content is a one-line UserError."""
+    """Parse a YAML file; a missing file, bad YAML, a duplicated key, an alias bomb or non-text
+    content is a one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such {what}")
     try:
-        return yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -134,6 +204,12 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
         raise UserError(f"{path}: invalid YAML{at}: {problem}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file (invalid UTF-8)") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
+    if expanded_size(data) > MAX_YAML_VALUES:
+        raise UserError(f"{path}: its aliases (*name) expand to more than {MAX_YAML_VALUES:,} "
+                        "values, allowed fewer (a sweep file needs a few hundred)")
+    return data
 
 
 def load_yaml(cls: type, path: str | Path) -> Any:
@@ -149,35 +225,99 @@ def content_hash(data: Any, length: int = 12) -> str:
 
 
 def parse_count(value: int | float | str, where: str) -> int:
-    """Parse a token count such as 2000000, '2M', '500k', '1.5G' into an int."""
-    if isinstance(value, bool):
-        raise UserError(f"{where}: got {value!r}, allowed a positive count like 2000000 or '2M'")
+    """Parse a token count such as 2000000, '2M', '500k', '1.5G' into an int (1..MAX_COUNT)."""
+    allowed = f"allowed a positive count like 2000000 or '2M' (at most {MAX_COUNT:.0e})"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"{where}: got {show(value)}, {allowed}")
     if isinstance(value, (int, float)):
-        number = float(value)
+        number = value
     else:
         text = str(value).strip().upper()
         scale = {"K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9}.get(text[-1:], 1.0)
         try:
             number = float(text[:-1] if scale != 1.0 else text) * scale
         except ValueError:
-            raise UserError(
-                f"{where}: got {value!r}, allowed a positive count like 2000000 or '2M'"
-            ) from None
+            raise UserError(f"{where}: got {show(value)}, {allowed}") from None
     if not number > 0:
-        raise UserError(f"{where}: got {value!r}, allowed a positive count")
+        raise UserError(f"{where}: got {show(value)}, allowed a positive count")
+    if not number <= MAX_COUNT:  # also catches inf and NaN
+        raise UserError(f"{where}: got {show(value)}, {allowed}")
     return int(round(number))
+
+
+# Allowed range of numeric TrainConfig fields, checked field by field in ``validate``:
+# name -> (lowest, highest or None, lowest excluded, highest excluded). Fields with cross-field
+# rules (nm_n, eta, lr, ...) keep their own checks below.
+FIELD_RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
+    "vocab_size": (1, MAX_VOCAB, False, False),
+    "seq_len": (1, 2**20, False, False),
+    "batch_size": (1, 2**20, False, False),
+    "dense_lr": (0, None, True, False),
+    "lr_teacher_fraction": (0, None, True, False),
+    "min_lr_ratio": (0, 1, False, False),
+    "weight_decay": (0, None, False, False),
+    "eps": (0, None, True, False),
+    "grad_clip": (0, None, False, False),  # 0 turns clipping off
+    "lambda_auto_factor": (0, None, True, False),
+    "srste_decay": (0, None, False, False),
+    "ast_decay": (0, None, False, False),
+    "calib_sequences": (1, 2**20, False, False),
+    "sparsegpt_damp": (0, None, False, False),
+    "seed": (0, 2**32 - 1, False, False),
+    "eval_tokens": (1, MAX_COUNT, False, False),
+    "final_eval_tokens": (0, MAX_COUNT, False, False),
+    "checkpoint_every": (0, None, False, False),
+    "threads": (0, 4096, False, False),
+    "zeroshot_limit": (0, None, False, False),
+}
+
+
+def check_range(value: float, bounds: tuple[float, float | None, bool, bool], where: str) -> None:
+    """UserError naming ``where`` unless ``value`` lies within ``bounds`` (see FIELD_RANGES)."""
+    low, high, low_open, high_open = bounds
+    ok = (value > low if low_open else value >= low) and (
+        high is None or (value < high if high_open else value <= high))
+    if not ok:
+        if high is None:
+            allowed = f"{'>' if low_open else '>='} {low:g}"
+        else:
+            allowed = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise UserError(f"{where}: got {show(value)}, allowed {allowed}")
 
 
 # Settings that change where or how fast a run goes, or what extra is measured after it, but not
 # the trained model: they stay out of the run id so adding them never orphans a stored run.
-NOT_IN_RUN_ID = {"sweep", "threads", "zeroshot_tasks", "zeroshot_limit"}
+NOT_IN_RUN_ID = {"sweep", "threads", "zeroshot_tasks", "zeroshot_limit", "device", "compile"}
+# Settings added after runs were stored: they enter the run id only when set, so a stored run
+# (which never had them) keeps its id.
+IN_RUN_ID_WHEN_SET = {"dropout"}
+
+_KD = ("dense-kd", "dense-kd-adam", "cast", "sr-ste", "ast")
+_SPARSE = ("cast", "sr-ste", "ast") + ONESHOT_METHODS
+_LOOP = TRAINED_METHODS  # settings of the training loop (one-shot runs take no step)
+# Settings only some methods read: a run id hashes a setting listed here only for these methods
+# (every other setting enters every id), so e.g. a new lambda_ does not retrain a dense-kd twin.
+READ_BY: dict[str, tuple[str, ...]] = {
+    "dense_lr": ("dense",), "weight_decay": ("dense",),
+    "lr": _LOOP, "lr_teacher_fraction": _LOOP, "lr_schedule": _LOOP, "warmup_frac": _LOOP,
+    "min_lr_ratio": _LOOP, "betas": _LOOP, "eps": _LOOP, "grad_clip": _LOOP, "batch_size": _LOOP,
+    "eval_every": _LOOP, "eval_tokens": _LOOP, "checkpoint_every": _LOOP,
+    "lambda_": ("cast",), "lambda_auto_factor": ("cast",), "scale_blocks": ("cast",),
+    "adams_bias_correct": ("cast", "dense-kd"),
+    "eta": _KD, "kd_temperature": _KD, "kd": ("sr-ste", "ast"),
+    "t1": ("cast", "sr-ste", "ast"), "nm_n": _SPARSE, "nm_m": _SPARSE,
+    "srste_decay": ("sr-ste",), "ast_decay": ("ast",),
+    "calib_sequences": ("wanda", "sparsegpt"), "sparsegpt_damp": ("sparsegpt",),
+    "seed": TRAINED_METHODS + ("wanda", "sparsegpt"),  # magnitude pruning draws nothing
+}
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines one training (or one-shot pruning) run."""
 
-    method: Literal["dense", "dense-kd", "cast", "sr-ste", "ast", "magnitude", "wanda", "sparsegpt"]
+    method: Literal["dense", "dense-kd", "dense-kd-adam", "cast", "sr-ste", "ast", "magnitude", "wanda",
+                    "sparsegpt"]
     model: str  # ladder preset (e.g. opt-100k), local model dir, or HF name
     init: str | None = None  # dense starting point / teacher (dir or HF name); None: fresh preset
     tokens: int | str = "1M"  # training budget (0 allowed only for one-shot methods)
@@ -195,19 +335,29 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float = 1.0
-    lambda_: float | Literal["auto"] = "auto"  # AdamS L1 decay coefficient
+    lambda_: float | Literal["auto"] = "auto"  # AdamS L1 decay coefficient (CAST only)
     lambda_auto_factor: float = 300.0  # auto: lambda = factor * mean |grad| of in-scope weights at start
+    # AdamS: m~ / (1 - b1^(t+1)) enters v (True), or the spec-literal biased m~ (False), which
+    # makes the first steps ~10x lr (CAST and the optimizer-matched dense-kd twin)
+    adams_bias_correct: bool = True
     eta: float = 1.0 / 3.0  # KD weight on KL(teacher || student)
     kd_temperature: float = 1.0
     t1: int = 10  # mask refresh interval in steps
     scale_blocks: int = 2  # n of the R x n weight-scaling module (0 disables)
     nm_n: int = 2
     nm_m: int = 4
-    srste_decay: float = 2e-4  # SR-STE sparse-refined decay lambda_W
+    srste_decay: float = 2e-4  # SR-STE sparse-refined decay lambda_W (grad += lambda_W * W, masked)
+    ast_decay: float = 0.2  # AST masked-weight L2 decay at alpha = 1 (grad += alpha*ast_decay*W)
+    kd: bool | None = None  # SR-STE / AST distillation; None: the method's default (AST on, SR-STE off)
     calib_sequences: int = 64  # Wanda / SparseGPT calibration windows from the train split
     sparsegpt_damp: float = 0.01
     seed: int = 0
-    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast forward, fp32 masters
+    # bf16 = autocast forward, fp32 masters; auto = bf16 where the device is CUDA, else fp32
+    # (resolved when the config is made, so the stored config and the run id name the real one)
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (castlab.device); not in the run id
+    compile: bool = False  # torch.compile the model for training (measured: castlab bench gpu)
+    dropout: float | None = None  # continued runs: None keeps the starting model's own dropout
     eval_every: int = 50  # steps
     eval_tokens: int = 65536  # validation-prefix tokens for periodic evals during training
     final_eval_tokens: int = 0  # validation/test-prefix tokens for the final numbers; 0 = whole split
@@ -217,8 +367,19 @@ class TrainConfig:
     zeroshot_limit: int = 0  # documents per zero-shot task (0 = all)
     sweep: str = "adhoc"
 
+    def __post_init__(self) -> None:
+        from castlab.device import _SPEC, default_dtype
+
+        if self.dtype == "auto" and isinstance(self.device, str) and _SPEC.match(self.device):
+            self.dtype = default_dtype(self.device)
+
     def validate(self, where: str = "config") -> None:
         """Cross-field checks with messages naming the field."""
+        from castlab.device import check_device_spec
+
+        check_device_spec(self.device, f"{where}.device")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"{where}.dropout: got {self.dropout}, allowed [0, 1) or null")
         self.tokens = parse_count(self.tokens, f"{where}.tokens") if self.tokens not in (0, "0") else 0
         positive = {"vocab_size": self.vocab_size, "seq_len": self.seq_len,
                     "batch_size": self.batch_size, "t1": self.t1, "nm_m": self.nm_m,
@@ -226,6 +387,12 @@ class TrainConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise UserError(f"{where}.{name}: got {value}, allowed a positive integer")
+        for name, bounds in FIELD_RANGES.items():
+            check_range(getattr(self, name), bounds, f"{where}.{name}")
+        if len(self.betas) != 2:
+            raise UserError(f"{where}.betas: got {show(self.betas)}, allowed two numbers [b1, b2]")
+        for i, beta in enumerate(self.betas):
+            check_range(beta, (0, 1, False, True), f"{where}.betas[{i}]")
         if self.tokens == 0 and self.method in TRAINED_METHODS:
             raise UserError(f"{where}.tokens: got 0, allowed a positive budget for method {self.method}")
         if self.nm_n >= self.nm_m:
@@ -246,12 +413,15 @@ class TrainConfig:
             raise UserError(f"{where}.init: method {self.method} needs a dense starting model")
 
     def run_id(self) -> str:
-        """Content hash of every setting that changes the result (not sweep name, not paths).
+        """Content hash of every setting this run's method reads (``READ_BY``; not sweep name,
+        not paths).
 
         A castlab-trained starting model (``<run_dir>/model``) enters by its run id, so the same
         cell has the same id whatever the cache location or machine.
         """
-        semantic = {k: v for k, v in to_dict(self).items() if k not in NOT_IN_RUN_ID}
+        semantic = {k: v for k, v in to_dict(self).items() if k not in NOT_IN_RUN_ID
+                    and not (k in IN_RUN_ID_WHEN_SET and v is None)
+                    and self.method in READ_BY.get(k, (self.method,))}
         semantic["init"] = init_identity(self.init)
         return f"{self.method}-{content_hash(semantic)}"
 

@@ -165,7 +165,10 @@ def write_row(run_dir: Path, row: dict[str, Any]) -> Path:
 
 def write_curve(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     """Write the training curve (one record per logged step; any keys) atomically."""
-    table = pa.Table.from_pylist([{k: _scalar(v) for k, v in r.items()} for r in records])
+    # every key of every record: from_pylist takes its columns from the first record alone,
+    # which dropped eval_loss and the diagnostics (first logged at an eval step) from curves
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    table = pa.Table.from_pylist([{k: _scalar(r.get(k)) for k in keys} for r in records])
     return _atomic_write_table(table, Path(run_dir) / CURVE_FILE)
 
 

@@ -4,7 +4,10 @@
 ``config.yaml`` first, a checkpoint while running (resumed bit-exactly when present),
 ``curve.parquet`` and ``model/`` at the end, and ``result.parquet`` LAST (its presence means done).
 A run that fails (NaN loss, failed N:M verification, a crash) still writes a row with
-``status='failed'`` and the reason. Under ``torchrun`` the same loop runs DDP (gloo on CPU).
+``status='failed'`` and the reason. Under ``torchrun`` the same loop runs DDP (gloo on CPU,
+NCCL on CUDA). The device comes from ``castlab.device`` (config field ``device``); the model,
+teacher, batches, masks and optimizer state live there, and loss values reach the host only at
+log steps (``LOSS_SYNC_STEPS``), so a GPU never waits on Python in the hot loop.
 """
 
 from __future__ import annotations
@@ -13,20 +16,25 @@ import copy
 import json
 import math
 import os
-import random
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from castlab import __version__
+from castlab import __version__, checkpoint
 from castlab.config import ONESHOT_METHODS, TrainConfig, load_yaml, save_yaml
+from castlab.device import (
+    device_columns,
+    distributed_backend,
+    prepare_device,
+    resolve_device,
+    synchronize,
+)
 from castlab.errors import UserError
 from castlab.evaluate import (
     EVAL_BATCH_TOKENS,
@@ -43,6 +51,16 @@ from castlab.models import (
     is_preset,
     load_pretrained,
 )
+
+# Most steps between two reads of the training loss on the host (each read waits for the GPU);
+# eval, checkpoint and final steps read it too. The NaN check runs on those reads.
+LOSS_SYNC_STEPS = 32
+
+
+# Stream seed of the lambda-auto probe batches: the same for every run seed (see measure_auto_lambda)
+LAMBDA_PROBE_SEED = 10_007
+# Result-row columns of a sparse run's mask life (castlab.sparsity.masklife; NaN for the others)
+MASK_LIFE_COLUMNS = ("mask_flip_rate", "mask_drift", "mask_drift_half", "masked_step_lr")
 
 
 class RunFailed(Exception):
@@ -98,12 +116,6 @@ def git_sha() -> str:
         return "unknown"
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------
 # setup
 
@@ -120,6 +132,7 @@ class RunContext:
     val_tokens: torch.Tensor
     test_tokens: torch.Tensor
     teacher: torch.nn.Module | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
     world: int = 1
     curve: list[dict] = field(default_factory=list)
@@ -163,11 +176,12 @@ def measure_auto_lambda(model, teacher, stream, cfg: TrainConfig, batches: int =
 
     CAST's guidance is "lambda of the order of the gradients": the blended moment
     (1-a)m + a*lambda*sign(theta) then hands over from the loss gradient to the decay as a -> 1.
-    Measured on throwaway batches (a separate stream seed) so training data is untouched.
+    Measured on throwaway batches of a fixed stream seed (``LAMBDA_PROBE_SEED``): training data
+    is untouched and every seed of a cell gets the same lambda (it used to vary by ~15%).
     """
     from castlab.data import PackedStream
 
-    probe = PackedStream(stream, cfg.seq_len, cfg.batch_size, seed=cfg.seed + 10_007)
+    probe = PackedStream(stream, cfg.seq_len, cfg.batch_size, seed=LAMBDA_PROBE_SEED)
     weights = [lin.weight for _, lin in in_scope_linears(model)]
     model.zero_grad(set_to_none=True)
     for _ in range(batches):
@@ -183,6 +197,7 @@ def step_loss(model, teacher, batch: torch.Tensor, cfg: TrainConfig) -> torch.Te
     from castlab.sparsity.distill import kd_loss, teacher_logits
 
     device = next(model.parameters()).device
+    batch = batch.to(device, non_blocking=True)  # no-op on the CPU; batches are drawn there
     # whole logits with the last position's label ignored: a logits[:, :-1] slice would copy them
     labels = shifted_labels(batch)
     with autocast_context(cfg.dtype, device):
@@ -208,14 +223,16 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
     from castlab import store
 
     run_dir = Path(run_dir)
+    device = resolve_device(cfg.device, "device")  # a GPU asked for but missing: UserError now
     run_dir.mkdir(parents=True, exist_ok=True)
-    rank, world = _init_distributed()
+    rank, world = _init_distributed(device)
     if rank == 0:
         save_yaml(cfg, run_dir / "config.yaml")
         store.mark_running(run_dir)
     started = time.time()
     try:
-        row = _run(cfg, run_dir, progress and rank == 0, stop_after, rank, world, started)
+        row = _run(cfg, run_dir, progress and rank == 0, stop_after, rank, world, started,
+                   device)
     except (RunFailed, FloatingPointError) as err:
         row = _failed_row(cfg, str(err), started)
     except UserError:
@@ -234,10 +251,10 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
     return row
 
 
-def _init_distributed() -> tuple[int, int]:
+def _init_distributed(device: torch.device) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group(distributed_backend(device))
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
@@ -254,14 +271,15 @@ def _versions() -> dict:
             "transformers_version": transformers.__version__, "git_sha": git_sha()}
 
 
-def _run(cfg, run_dir, progress, stop_after, rank, world, started) -> dict | None:
+def _run(cfg, run_dir, progress, stop_after, rank, world, started, device) -> dict | None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     run_id = cfg.run_id()  # of the config as given (lambda 'auto' stays 'auto' in the id)
     model, tokenizer, streams = load_data_and_model(cfg)
+    model = train_mode(model.to(prepare_device(device)), cfg.dropout)
     ctx = RunContext(cfg, run_dir, model, tokenizer, streams["train"], streams["validation"],
-                     streams["test"], rank=rank, world=world)
+                     streams["test"], device=device, rank=rank, world=world)
     ctx.extras["teacher_eval"] = _teacher_eval(ctx) if cfg.init else None
     ctx.extras["run_id"] = run_id
     if cfg.method in ONESHOT_METHODS:
@@ -277,7 +295,7 @@ def _oneshot(ctx: RunContext, started: float) -> dict:
 
     cfg = ctx.cfg
     calib_stream = PackedStream(ctx.train_tokens, cfg.seq_len, cfg.calib_sequences, seed=cfg.seed)
-    calib = calib_stream.next_batch()
+    calib = calib_stream.next_batch().to(ctx.device)
     t0 = time.time()
     opts = {"damp": cfg.sparsegpt_damp} if cfg.method == "sparsegpt" else {}
     masks = ONESHOT_PRUNERS[cfg.method](ctx.model, calib, n=cfg.nm_n, m=cfg.nm_m, **opts)
@@ -300,31 +318,36 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
     if method.uses_teacher:
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     ckpt_path = ctx.run_dir / "checkpoint" / "state.pt"
-    state = torch.load(ckpt_path, weights_only=False) if ckpt_path.is_file() else None
-    if cfg.lambda_ == "auto" and method.sparse:
+    # map_location: a run checkpointed on a GPU resumes on the CPU and vice versa; tensors and
+    # plain data only (castlab.checkpoint): a shared results folder must not run code
+    state = checkpoint.load(ckpt_path, map_location=ctx.device) if ckpt_path.is_file() else None
+    if cfg.lambda_ == "auto" and method.uses_lambda:
         lam = state["lambda"] if state else measure_auto_lambda(model, teacher, ctx.train_tokens, cfg)
         cfg = replace(cfg, lambda_=lam)
         method.cfg = cfg
     optimizer = method.build_optimizer(model, peak_lr, total)
     if ctx.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    # the compiled module shares the parameters; checkpoints, evals and finalize use the plain one
+    forward_model = torch.compile(model) if cfg.compile else model
     stream = PackedStream(ctx.train_tokens, cfg.seq_len, cfg.batch_size, seed=cfg.seed)
     start_step, train_seconds = 0, 0.0
     if state is not None:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        method.load_state_dict(state.get("method", {}))
         stream.load_state_dict(state["stream"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        checkpoint.set_host_rng_state(state["rng"])
+        if "cuda" in state["rng"] and ctx.device.type == "cuda":  # same-device resume only
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), ctx.device)
         start_step, train_seconds, ctx.curve = state["step"], state["train_seconds"], state["curve"]
-    elif cfg.method == "cast" and ctx.is_main:  # the decay-budget check is about AdamS
-        _decay_budget_warning(ctx, optimizer, peak_lr, total)
     ctx.extras.update(peak_lr=peak_lr, lambda_=cfg.lambda_, total_steps=total)
 
     bar = tqdm(total=total, initial=start_step, desc=f"{cfg.method} {cfg.model}", unit="step",
                disable=not progress, dynamic_ncols=True)
     step = start_step
+    pending: list[torch.Tensor] = []  # losses of the curve's last records, still on the device
     while step < total:
         t0 = time.perf_counter()
         lr = lr_at(step, total, peak_lr, cfg.lr_schedule, cfg.warmup_frac, cfg.min_lr_ratio)
@@ -337,34 +360,37 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
                 raise UserError(f"batch_size: {cfg.batch_size} is not divisible by the "
                                 f"{ctx.world} processes of this torchrun")
             batch = batch[ctx.rank::ctx.world]
-        loss = step_loss(model, teacher, batch, cfg)
+        loss = step_loss(forward_model, teacher, batch, cfg)
         loss.backward()
         logged_loss = loss.detach()
         if ctx.world > 1:  # log the global-batch loss, as a single process would
             dist.all_reduce(logged_loss)
             logged_loss = logged_loss / ctx.world
-        if not torch.isfinite(logged_loss):
-            raise RunFailed(f"loss became {logged_loss.item()} at step {step}")
         method.after_backward(step)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        train_seconds += time.perf_counter() - t0
         step += 1
         record = {"step": step, "tokens": step * cfg.batch_size * cfg.seq_len,
-                  "train_loss": logged_loss.item(), "lr": lr}
-        if step % cfg.eval_every == 0 or step == total:
+                  "train_loss": float("nan"), "lr": lr}
+        ctx.curve.append(record)
+        pending.append(logged_loss)
+        stop_now = stop_after is not None and step - start_step >= stop_after and step < total
+        eval_now = step % cfg.eval_every == 0 or step == total
+        save_now = bool(cfg.checkpoint_every) and (step % cfg.checkpoint_every == 0 or stop_now)
+        if eval_now or save_now or stop_now or len(pending) >= LOSS_SYNC_STEPS:
+            _read_losses(ctx.curve, pending)  # waits for the device; RunFailed on a NaN loss
+        train_seconds += time.perf_counter() - t0
+        if eval_now:
             record["eval_loss"] = _timed_perplexity(ctx, _unwrap(model), ctx.val_tokens, cfg,
                                                     cfg.eval_tokens).loss
             record.update(method.diagnostics())
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", eval=f"{record['eval_loss']:.3f}")
-        ctx.curve.append(record)
         bar.update(1)
-        stop_now = stop_after is not None and step - start_step >= stop_after and step < total
-        if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or stop_now) and ctx.is_main:
+        if save_now and ctx.is_main:
             _save_checkpoint(ckpt_path, _unwrap(model), optimizer, stream, step, train_seconds,
-                             ctx.curve, cfg)
+                             ctx.curve, cfg, method.state_dict())
         if stop_now:
             bar.close()
             return None
@@ -373,11 +399,48 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
     ctx.extras["train_seconds"] = train_seconds
     if method.sparse:
         ctx.extras["loss_before_prune"] = _final_eval(ctx, model, ctx.val_tokens, cfg).loss
-        ctx.extras["diagnostics"] = method.diagnostics()
-        ctx.extras["flip_rates"] = [r["mask_flip_rate"] for r in ctx.curve if "mask_flip_rate" in r]
+        ctx.extras["diagnostics"] = method.summary()
+        method.fill_curve(ctx.curve)
+        if method.uses_lambda and ctx.is_main:  # the decay-budget check is about AdamS
+            _decay_budget_warning(ctx, method, peak_lr, total)
     ctx.extras["finalize"] = method.finalize(model)
     ctx.cfg = cfg
     return _finish(ctx, started, steps=total)
+
+
+def _read_losses(curve: list[dict], pending: list[torch.Tensor]) -> None:
+    """Copy the device-side losses of the last ``len(pending)`` curve records to the host (one
+    sync for all of them) and fail the run at the first non-finite one."""
+    if not pending:
+        return
+    values = torch.stack(pending).tolist()
+    records = curve[len(curve) - len(values):]
+    pending.clear()
+    for record, value in zip(records, values, strict=True):
+        record["train_loss"] = value
+        if not math.isfinite(value):
+            raise RunFailed(f"loss became {value} at step {record['step'] - 1}")
+
+
+def train_mode(model: torch.nn.Module, dropout: float | None = None) -> torch.nn.Module:
+    """The model in train mode (HF checkpoints load in eval mode, dropout silently off), with
+    every dropout rate set to ``dropout`` when given, else as the model's own config says."""
+    model.train()
+    if dropout is None:
+        return model
+    for name in ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout",
+                 "attention_probs_dropout_prob", "hidden_dropout_prob", "resid_pdrop",
+                 "embd_pdrop", "attn_pdrop"):
+        if isinstance(getattr(model.config, name, None), float):
+            setattr(model.config, name, dropout)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = dropout
+        # HF attention and decoder layers keep their rates as float attributes (F.dropout)
+        for attr in ("dropout", "attention_dropout", "activation_dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, dropout)
+    return model
 
 
 def _timed_perplexity(ctx: RunContext, model, tokens, cfg: TrainConfig, max_tokens: int | None):
@@ -385,6 +448,7 @@ def _timed_perplexity(ctx: RunContext, model, tokens, cfg: TrainConfig, max_toke
     t0 = time.perf_counter()
     result = perplexity(model, tokens, cfg.seq_len, batch_size=max(1, EVAL_BATCH_TOKENS // cfg.seq_len),
                         dtype=cfg.dtype, max_tokens=max_tokens)
+    synchronize(ctx.device)
     ctx.extras["eval_seconds"] = ctx.extras.get("eval_seconds", 0.0) + time.perf_counter() - t0
     return result
 
@@ -418,26 +482,33 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def _save_checkpoint(path, model, optimizer, stream, step, train_seconds, curve, cfg) -> None:
-    """One dict, written atomically: model, optimizer, data position, RNG, step, curve."""
+def _save_checkpoint(path, model, optimizer, stream, step, train_seconds, curve, cfg,
+                     method_state: dict) -> None:
+    """One dict, written atomically: model, optimizer, method (mask life), data position, RNG,
+    step, curve."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_torch_save({
+    rng = checkpoint.host_rng_state()
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # dropout on a GPU draws from the card's generator
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    checkpoint.save({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "stream": stream.state_dict(), "step": step, "train_seconds": train_seconds,
-        "curve": curve, "lambda": cfg.lambda_,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                "python": random.getstate()},
+        "curve": curve, "lambda": cfg.lambda_, "rng": rng, "method": method_state,
     }, path)
 
 
-def _decay_budget_warning(ctx: RunContext, optimizer, peak_lr: float, total: int) -> None:
-    """Warn when sum_t lr_t * t/T is below the typical |theta| the mask would prune."""
+def _decay_budget_warning(ctx: RunContext, method, peak_lr: float, total: int) -> None:
+    """Warn when the distance the masked weights were measured to move towards zero
+    (sum_t lr_t * masked step / lr) is below their typical |theta| at the start."""
     from castlab.sparsity.adams import decay_budget_warning
+    from castlab.sparsity.masklife import measured_decay_distance
 
     cfg = ctx.cfg
     schedule = [lr_at(t, total, peak_lr, cfg.lr_schedule, cfg.warmup_frac, cfg.min_lr_ratio)
                 for t in range(total)]
-    message = decay_budget_warning(optimizer, schedule, total)
+    distance = measured_decay_distance(schedule, method.life.step_samples)
+    message = decay_budget_warning(distance, method.life.typical_masked, total)
     ctx.extras["decay_budget_warning"] = message
     if message:
         tqdm.write(f"castlab train: warning: {message}")
@@ -469,7 +540,6 @@ def _finish(ctx: RunContext, started: float, steps: int) -> dict:
     sparse = report is not None
     before = extras.get("loss_before_prune", final.loss if not sparse else float("nan"))
     diagnostics = extras.get("diagnostics", {})
-    flips = extras.get("flip_rates", [])
     tokens = steps * cfg.batch_size * cfg.seq_len
     train_seconds = extras.get("train_seconds", 0.0)
     return {
@@ -495,12 +565,12 @@ def _finish(ctx: RunContext, started: float, steps: int) -> dict:
         "exact_nm": bool(sparse) and not nm_violations(model, cfg.nm_n, cfg.nm_m),
         "masked_kept_ratio": diagnostics.get("masked_kept_ratio",
                                              getattr(report, "masked_kept_ratio", float("nan"))),
-        "mask_flip_rate": float(np.nanmean(flips)) if np.isfinite(flips).any() else float("nan"),
+        **{k: diagnostics.get(k, float("nan")) for k in MASK_LIFE_COLUMNS},
         "decay_budget_warning": extras.get("decay_budget_warning") or "",
         "wall_seconds": time.time() - started, "train_seconds": train_seconds,
         "eval_seconds": extras.get("eval_seconds", 0.0),
         "tokens_per_second": tokens / train_seconds if train_seconds > 0 else float("nan"),
-        "status": "ok", "reason": "", **_versions(), **zeroshot,
+        "status": "ok", "reason": "", **_versions(), **device_columns(ctx.device), **zeroshot,
     }
 
 

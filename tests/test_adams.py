@@ -31,7 +31,8 @@ def sign(x: float) -> float:
 class RefAdamS:
     """The spec's update, one scalar at a time, in float64."""
 
-    def __init__(self, tensors, sparse, lr, betas, eps, lam, T, t1, n, m):
+    def __init__(self, tensors, sparse, lr, betas, eps, lam, T, t1, n, m, bias_correct=False):
+        self.bias_correct = bias_correct
         self.w = [t.double().tolist() for t in tensors]
         self.sparse, self.lr, self.b1, self.b2, self.eps = sparse, lr, betas[0], betas[1], eps
         self.lam, self.T, self.t1, self.n, self.m = lam, T, t1, n, m
@@ -58,15 +59,18 @@ class RefAdamS:
             for r in range(len(rows)):
                 for c in range(len(rows[r])):
                     mrows[r][c] = b1 * mrows[r][c] + (1 - b1) * grows[r][c]
+                    # bias-corrected variant: m~ is built from m / (1 - b1^(t+1)) and enters
+                    # v and the step without a further correction
+                    bc1 = (1 - b1 ** (t + 1)) if self.bias_correct and self.sparse[k] else 1.0
                     if self.sparse[k]:
-                        mt = mrows[r][c]
+                        mt = mrows[r][c] / bc1
                         if not self.mask[k][r][c]:
-                            mt = (1 - alpha) * mrows[r][c] + alpha * self.lam * sign(rows[r][c])
+                            mt = (1 - alpha) * mrows[r][c] / bc1 + alpha * self.lam * sign(rows[r][c])
                         vrows[r][c] = b2 * vrows[r][c] + (1 - b2) * mt * mt
                     else:  # out of scope: plain Adam
                         mt = mrows[r][c]
                         vrows[r][c] = b2 * vrows[r][c] + (1 - b2) * grows[r][c] ** 2
-                    mhat = mt / (1 - b1 ** (t + 1))
+                    mhat = mt * bc1 / (1 - b1 ** (t + 1))
                     vhat = vrows[r][c] / (1 - b2 ** (t + 1))
                     rows[r][c] -= self.lr * mhat / (math.sqrt(vhat) + self.eps)
         self.t += 1
@@ -78,9 +82,11 @@ def make_tensors(seed=0):
             torch.randn(5, generator=gen) * 0.1]  # the last one is out of scope
 
 
+@pytest.mark.parametrize("bias_correct", [False, True], ids=["spec-literal", "bias-corrected"])
 @pytest.mark.parametrize("kernel", ["fused", "foreach"])
 @pytest.mark.parametrize("chunk", [None, 5], ids=["default-chunks", "5-element-chunks"])
-def test_adams_matches_elementwise_reference_across_refreshes(chunk, kernel, monkeypatch):
+def test_adams_matches_elementwise_reference_across_refreshes(chunk, kernel, bias_correct,
+                                                               monkeypatch):
     if chunk is not None:  # slices that cut rows, mask groups and tensor boundaries
         monkeypatch.setattr(adams, "CHUNK_ELEMENTS", chunk)
     # both Adam tails: torch's fused kernel, and the foreach passes other devices fall back to
@@ -89,8 +95,9 @@ def test_adams_matches_elementwise_reference_across_refreshes(chunk, kernel, mon
     tensors = make_tensors()
     params = [torch.nn.Parameter(t.clone()) for t in tensors]
     opt = AdamS([{"params": params[:2], "sparse": True}, {"params": params[2:]}], lr=lr,
-                lambda_=lam, total_steps=T, t1=t1, n=2, m=4)
-    ref = RefAdamS(tensors, [True, True, False], lr, (0.9, 0.999), 1e-8, lam, T, t1, 2, 4)
+                lambda_=lam, total_steps=T, t1=t1, n=2, m=4, bias_correct=bias_correct)
+    ref = RefAdamS(tensors, [True, True, False], lr, (0.9, 0.999), 1e-8, lam, T, t1, 2, 4,
+                   bias_correct=bias_correct)
     gen = torch.Generator().manual_seed(1)
     raw_m = [torch.zeros_like(t, dtype=torch.float64) for t in tensors]
     for _ in range(T):
@@ -115,6 +122,49 @@ def test_adams_matches_elementwise_reference_across_refreshes(chunk, kernel, mon
     assert len(opt.flip_rates) == 2 and [s for s, _ in opt.flip_rates] == [3, 6]
     fell_back = "cpu" in adams._NO_FUSED_ADAM  # the fused run really used the kernel
     assert fell_back == (kernel == "foreach")
+
+
+@pytest.mark.parametrize("bias_correct, first_step", [(False, 10.0), (True, 1.0)])
+def test_first_step_is_ten_lr_spec_literal_and_one_lr_bias_corrected(bias_correct, first_step):
+    # t = 0, kept entry: m = 0.1 g; literal: v/bc2 = (0.1 g)^2, step = lr * g / (0.1 |g|) = 10 lr;
+    # corrected: m~ = g, v/bc2 = g^2, step = lr
+    p = torch.nn.Parameter(torch.tensor([[4.0, 3.0, 1.0, 2.0]]))
+    opt = AdamS([{"params": [p], "sparse": True}], lr=1e-3, lambda_=1.0, total_steps=10,
+                bias_correct=bias_correct)
+    p.grad = torch.full_like(p, 0.5)
+    before = p.detach().clone()
+    opt.step()
+    torch.testing.assert_close(before - p.detach(), torch.full_like(p, first_step * 1e-3),
+                               rtol=1e-4, atol=0)
+
+
+def test_unpruned_sparse_group_is_adams_with_nothing_masked():
+    # prune=False: no mask, m~ = m for every entry, so it equals a pruned group at a = 0 forever
+    # (lambda is never used), which differs from torch Adam (v tracks m^2, not g^2)
+    tensors = make_tensors()
+    a = [torch.nn.Parameter(t.clone()) for t in tensors[:2]]
+    b = [torch.nn.Parameter(t.clone()) for t in tensors[:2]]
+    c = [torch.nn.Parameter(t.clone()) for t in tensors[:2]]
+    unpruned = AdamS([{"params": a, "sparse": True, "prune": False}], lr=0.01, lambda_=5.0,
+                     total_steps=4, bias_correct=True)
+    # a = t/T stays 0 when T is huge: the pruned group's masked entries also step on m alone
+    pruned_at_zero = AdamS([{"params": b, "sparse": True}], lr=0.01, lambda_=0.0,
+                           total_steps=10**12, bias_correct=True)
+    adam = torch.optim.Adam(c, lr=0.01)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        grads = [torch.randn(t.shape, generator=gen) * 0.01 for t in tensors[:2]]
+        for group in (a, b, c):
+            for p, g in zip(group, grads, strict=True):
+                p.grad = g.clone()
+        unpruned.step()
+        pruned_at_zero.step()
+        adam.step()
+    for x, y, z in zip(a, b, c, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-9)
+        assert not torch.allclose(x, z, rtol=1e-4, atol=1e-7)
+    assert unpruned.masks() == [] and unpruned.flip_rates == []
+    assert "pruned" not in unpruned.state[a[0]]
 
 
 def test_out_of_scope_group_matches_torch_adam():
@@ -186,14 +236,12 @@ def test_masked_kept_ratio_by_hand():
     assert opt.masked_kept_ratio() == pytest.approx(0.75 / 3.5)  # mask computed on demand
 
 
-def test_decay_budget_and_warning():
+def test_decay_budget_and_measured_warning():
     assert decay_budget([0.1] * 4, 4) == pytest.approx(0.1 * (0 + 0.25 + 0.5 + 0.75))
     assert decay_budget(lambda t: 0.1 * (t + 1), 2) == pytest.approx(0.2 * 0.5)
     with pytest.raises(UserError, match="3 entries for 4 steps"):
         decay_budget([0.1] * 3, 4)
-    big = torch.nn.Parameter(torch.full((2, 4), 1.0))
-    opt = AdamS([{"params": [big], "sparse": True}])
-    message = decay_budget_warning(opt, [1e-3] * 10, 10)
-    assert message is not None and "below the typical |theta|" in message
-    small = torch.nn.Parameter(torch.full((2, 4), 1e-4))
-    assert decay_budget_warning(AdamS([{"params": [small], "sparse": True}]), [1e-3] * 10, 10) is None
+    message = decay_budget_warning(0.01, 0.035, 512)
+    assert message is not None and "below the typical |theta|" in message and "512 steps" in message
+    assert decay_budget_warning(0.05, 0.035, 512) is None
+    assert decay_budget_warning(float("nan"), 0.035, 512) is None  # nothing measured: no claim

@@ -54,3 +54,19 @@ def test_run_id_of_a_continued_run_depends_on_the_teacher_id_not_its_path_or_exi
     assert cast_from("/elsewhere/dense-0123456789ab/model").run_id() == before
     assert cast_from("/elsewhere/dense-ffffffffffff/model").run_id() != before
     assert cast_from("facebook/opt-125m").run_id() != cast_from("facebook/opt-350m").run_id()
+
+
+def test_run_id_hashes_only_the_settings_the_method_reads():
+    def rid(method, **kw):
+        return TrainConfig(method=method, model="m", init="t", **kw).run_id()
+
+    for method in ("dense-kd", "sr-ste", "ast", "sparsegpt"):
+        assert rid(method, lambda_=0.5) == rid(method, lambda_="auto"), method
+    assert rid("cast", lambda_=0.5) != rid("cast", lambda_="auto")
+    assert rid("dense-kd", srste_decay=0.1) == rid("dense-kd")
+    assert rid("sr-ste", srste_decay=0.1) != rid("sr-ste")
+    assert rid("ast", ast_decay=0.1) != rid("ast") and rid("sr-ste", ast_decay=0.1) == rid("sr-ste")
+    assert rid("magnitude", seed=1) == rid("magnitude") and rid("wanda", seed=1) != rid("wanda")
+    assert rid("dense-kd", adams_bias_correct=False) != rid("dense-kd")
+    assert rid("dense-kd-adam", adams_bias_correct=False) == rid("dense-kd-adam")
+    assert rid("sr-ste", kd=True) != rid("sr-ste") and rid("cast", kd=True) == rid("cast")

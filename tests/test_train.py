@@ -48,6 +48,14 @@ def test_cast_run_prunes_to_exact_2_4_without_prune_shock(tiny_teacher, tmp_path
     assert row["params_nonzero"] == row["params_in_scope"] // 2
     assert row["masked_kept_ratio"] < 0.01
     assert abs(row["prune_shock"]) < 0.01 * row["eval_loss"]
+    # mask life: the masked weights were measured moving towards zero, so no decay warning
+    assert row["masked_step_lr"] > 0 and row["decay_budget_warning"] == ""
+    assert 0.0 <= row["mask_drift_half"] <= row["mask_drift"] + 0.5 and row["mask_flip_rate"] >= 0
+    curve = pd.read_parquet(tmp_path / "cast" / "curve.parquet")
+    evals = curve.dropna(subset=["eval_loss"])
+    assert evals["mask_drift_initial"].notna().all() and evals["mask_drift_final"].notna().all()
+    assert evals["mask_drift_final"].iloc[-1] == 0.0  # the last eval's mask is the final mask
+    assert evals["mask_drift_initial"].iloc[-1] == pytest.approx(row["mask_drift"])
     # timing split: optimizer steps and perplexity evals are disjoint parts of the run's wall time
     assert row["eval_seconds"] > 0 and row["train_seconds"] > 0
     assert row["eval_seconds"] + row["train_seconds"] < row["wall_seconds"]
@@ -99,15 +107,63 @@ def test_zeroshot_columns_join_the_row_without_changing_the_run_id(tiny_teacher,
         assert stored[f"zs_{task}_acc"] == row[f"zs_{task}_acc"]
 
 
-@pytest.mark.parametrize("method", ["sr-ste", "ast", "dense-kd"])
+@pytest.mark.parametrize("method", ["sr-ste", "ast", "dense-kd", "dense-kd-adam"])
 def test_trained_baselines_finish_with_the_expected_sparsity(tiny_teacher, tmp_path, method):
     cfg = tiny_config(method=method, init=str(tiny_teacher / "model"), tokens=30 * 8 * 64,
                       lr=1e-3)
     row = run_training(cfg, tmp_path / method, progress=False)
     assert row["status"] == "ok", row["reason"]
-    if method == "dense-kd":
+    if method.startswith("dense-kd"):
         assert row["sparsity"] == 0.0 and row["params_nonzero"] == row["params_in_scope"]
     else:  # the masked forward means the final prune changes nothing the model used
         assert row["exact_nm"] and row["params_nonzero"] <= row["params_in_scope"] // 2
         assert row["prune_shock"] == pytest.approx(0.0, abs=1e-6)
         assert row["eval_loss"] == pytest.approx(row["loss_before_prune"], abs=1e-6)
+
+
+def test_cast_resume_keeps_the_mask_life(tiny_teacher, tmp_path):
+    cfg = tiny_config(method="cast", init=str(tiny_teacher / "model"), tokens=12 * 8 * 64,
+                      lr=1e-3, checkpoint_every=5, eval_every=4, t1=2)
+    straight = run_training(cfg, tmp_path / "straight", progress=False)
+    assert run_training(cfg, tmp_path / "resumed", progress=False, stop_after=5) is None
+    resumed = run_training(cfg, tmp_path / "resumed", progress=False)
+    for key in ("mask_drift", "mask_drift_half", "mask_flip_rate", "masked_step_lr", "eval_loss"):
+        assert resumed[key] == straight[key], key
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "straight" / "curve.parquet"),
+                                  pd.read_parquet(tmp_path / "resumed" / "curve.parquet"))
+
+
+def test_lambda_auto_probe_is_the_same_for_every_seed(tiny_teacher):
+    from castlab.train import load_data_and_model, measure_auto_lambda
+
+    lams = []
+    for seed in (0, 1):
+        cfg = tiny_config(method="cast", init=str(tiny_teacher / "model"), seed=seed,
+                          lambda_auto_factor=2.0)
+        model, _, streams = load_data_and_model(cfg)
+        lams.append(measure_auto_lambda(model, None, streams["train"], cfg, batches=1))
+    assert lams[0] == lams[1] > 0
+
+
+def test_dense_kd_is_adams_with_nothing_masked_and_dense_kd_adam_is_torch_adam(tiny_teacher):
+    from castlab.methods import make_method
+    from castlab.sparsity.adams import AdamS
+    from castlab.train import load_data_and_model
+
+    cfg = tiny_config(method="dense-kd", init=str(tiny_teacher / "model"))
+    model, _, _ = load_data_and_model(cfg)
+    opt = make_method(cfg).build_optimizer(model, 1e-3, 10)
+    assert isinstance(opt, AdamS) and opt.lambda_ == 0.0 and opt.bias_correct
+    sparse = [g for g in opt.param_groups if g["sparse"]]
+    assert len(sparse) == 1 and sparse[0]["prune"] is False
+    assert len(sparse[0]["params"]) == len(in_scope_linears(model))
+    opt = make_method(tiny_config(method="dense-kd-adam", init="x")).build_optimizer(model, 1e-3, 10)
+    assert type(opt) is torch.optim.Adam
+
+
+@pytest.mark.parametrize("method, kd, uses_teacher", [("sr-ste", None, False), ("sr-ste", True, True),
+                                                      ("ast", None, True), ("ast", False, False)])
+def test_kd_is_available_to_sr_ste_and_ast(method, kd, uses_teacher):
+    from castlab.methods import make_method
+
+    assert make_method(tiny_config(method=method, init="x", kd=kd)).uses_teacher is uses_teacher

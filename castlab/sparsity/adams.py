@@ -11,6 +11,11 @@ For every in-scope scalar theta at run step t of T, with a = t / T (clamped to 1
 m~ is used for the step and thrown away (never written into m). Groups without ``sparse=True``
 (embeddings, norms, scaling factors) get plain Adam with the same lr and betas.
 
+``bias_correct=True`` builds m~ from m / (1-b1^(t+1)) for both v and the step: the spec-literal
+rule feeds v the biased m~, whose bias v's own correction does not undo, so its first steps are
+~10x lr (t = 0), 5.3x (t = 1), 2.2x (t = 5). A sparse group with ``prune=False`` keeps every entry
+(m~ = m): AdamS with nothing masked, the optimizer of the dense-kd twin.
+
 Masks: the spec recomputes them every T1 steps at the *start* of the step. The forward is dense
 and nothing changes the weights between the start of a step and ``optimizer.step()``, so the
 mask computed at the top of ``step()`` from the current weights is the same mask; this class
@@ -34,6 +39,9 @@ from castlab.sparsity.masks import check_nm_args, nm_mask
 # time, so its streams stay in cache instead of going through memory once per pass, and the
 # temporaries (m~, denominators) are chunk-sized instead of parameter-sized.
 CHUNK_ELEMENTS = 1 << 19  # 2 MiB per fp32 stream; measured best of 2^16..2^24 here
+# Devices whose update and mask refresh run as fused passes (castlab.sparsity.fused, compiled);
+# the CPU keeps the chunked foreach path above, which meets its target there.
+FUSED_DEVICES = {"cuda"}
 
 
 def _chunks(streams: list[tuple], size: int):
@@ -63,12 +71,14 @@ class AdamS(torch.optim.Optimizer):
 
     Param groups take ``sparse`` (bool, default False) and an optional ``names`` list used in
     error messages. ``lambda_`` is the decay coefficient, ``total_steps`` the run length T that
-    sets the ramp a = t/T, ``t1`` the mask refresh period, ``n``/``m`` the pattern.
+    sets the ramp a = t/T, ``t1`` the mask refresh period, ``n``/``m`` the pattern,
+    ``bias_correct`` whether m~ is bias-corrected before it enters v (module docstring). Sparse
+    groups with ``prune=False`` are never masked (m~ = m).
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, lambda_: float = 0.0, total_steps: int = 1, t1: int = 10,
-                 n: int = 2, m: int = 4):
+                 n: int = 2, m: int = 4, bias_correct: bool = False):
         if lr < 0 or eps < 0 or not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise UserError(f"AdamS: invalid lr={lr}, betas={betas} or eps={eps}")
         if lambda_ < 0:
@@ -77,8 +87,10 @@ class AdamS(torch.optim.Optimizer):
             raise UserError(f"AdamS: total_steps ({total_steps}) and t1 ({t1}) must be >= 1")
         check_nm_args(n, m)
         self.lambda_, self.total_steps, self.t1, self.n, self.m = lambda_, total_steps, t1, n, m
+        self.bias_correct = bias_correct
         self.flip_rates: list[tuple[int, float]] = []  # (step, fraction of mask entries changed)
-        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "sparse": False, "step": 0}
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "sparse": False, "prune": True,
+                    "step": 0}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -102,10 +114,13 @@ class AdamS(torch.optim.Optimizer):
     # masks and diagnostics
 
     def _sparse_params(self) -> list[torch.Tensor]:
-        return [p for g in self.param_groups if g["sparse"] for p in g["params"]]
+        return [p for g in self.param_groups if g["sparse"] and g.get("prune", True) for p in g["params"]]
 
     def _refresh_masks(self, group: dict) -> None:
         """Recompute the N:M mask of every param in a sparse group; record the flip rate."""
+        if group["params"] and group["params"][0].device.type in FUSED_DEVICES:
+            self._refresh_masks_fused(group)
+            return
         changed = total = 0
         have_old = True
         for p in group["params"]:
@@ -122,6 +137,35 @@ class AdamS(torch.optim.Optimizer):
             state["pruned"] = new
         if have_old and total:
             self.flip_rates.append((group["step"], changed / total))
+
+    def _refresh_masks_fused(self, group: dict) -> None:
+        """The CUDA refresh: one fused pass per weight, changed entries counted on the device
+        (the rate reaches the host when someone reads ``flip_rates``, not every refresh)."""
+        from castlab.sparsity.fused import fused_nm_pruned
+
+        params = group["params"]
+        olds = [self.state[p].get("pruned") for p in params]
+        news, changed = fused_nm_pruned(params, olds, self.n, self.m)
+        for p, new in zip(params, news, strict=True):
+            self.state[p]["pruned"] = new
+        if all(old is not None for old in olds):
+            total = sum(p.numel() for p in params)
+            self._device_flips.append((group["step"], changed, total))
+
+    @property
+    def flip_rates(self) -> list[tuple[int, float]]:
+        """(step, fraction of mask entries changed) per refresh after the first."""
+        if self._device_flips:  # CUDA refreshes: read their counts now, in one sync
+            counts = torch.stack([c for _, c, _ in self._device_flips]).tolist()
+            self._flip_rates.extend((step, count / total) for (step, _, total), count
+                                    in zip(self._device_flips, counts, strict=True))
+            self._device_flips.clear()
+        return self._flip_rates
+
+    @flip_rates.setter
+    def flip_rates(self, value: list[tuple[int, float]]) -> None:
+        self._flip_rates = list(value)
+        self._device_flips: list[tuple[int, torch.Tensor, int]] = []
 
     def masks(self) -> list[torch.Tensor]:
         """Current masks of the sparse params (True = kept), computed now if no step ran yet."""
@@ -149,8 +193,8 @@ class AdamS(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             t = group["step"]
-            if group["sparse"] and (t % self.t1 == 0
-                                    or any("pruned" not in self.state[p] for p in group["params"])):
+            if group["sparse"] and group.get("prune", True) and (
+                    t % self.t1 == 0 or any("pruned" not in self.state[p] for p in group["params"])):
                 self._refresh_masks(group)
             params = [p for p in group["params"] if p.grad is not None]
             if params:
@@ -167,10 +211,18 @@ class AdamS(torch.optim.Optimizer):
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        alpha = min(t / self.total_steps, 1.0) if group["sparse"] else 0.0
+        prune = group["sparse"] and group.get("prune", True)
+        alpha = min(t / self.total_steps, 1.0) if prune else 0.0
+        if params[0].device.type in FUSED_DEVICES:
+            self._update_group_fused(group, params, t, alpha)
+            return
         streams = [(p, p.grad, self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"],
                     self.state[p]["pruned"] if alpha > 0 else None) for p in params]
         hyper = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "eps": group["eps"], "t": t}
+        # bias-corrected m~ = blend of m/bc1 (lam term unscaled) = blend(m, lam*bc1) / bc1; Adam's
+        # tail divides by bc1 once more, which an lr of lr*bc1 undoes
+        bc1 = 1 - beta1 ** (t + 1) if self.bias_correct and group["sparse"] else 1.0
+        hyper["lr"] *= bc1
         for chunk in _chunks(streams, CHUNK_ELEMENTS):
             ps, gs, ms, vs, pruned = (list(x) for x in zip(*chunk, strict=True))
             if not group["sparse"]:  # plain Adam
@@ -178,14 +230,43 @@ class AdamS(torch.optim.Optimizer):
                 continue
             torch._foreach_lerp_(ms, gs, 1 - beta1)
             # m~ as new tensors (a = 0 makes the blend the identity: m~ = a copy of m)
-            blended = self._blend(ps, ms, pruned, alpha) if alpha > 0 else torch._foreach_mul(ms, 1.0)
+            blended = (self._blend(ps, ms, pruned, alpha, self.lambda_ * bc1) if alpha > 0
+                       else torch._foreach_mul(ms, 1.0 / bc1))
+            if alpha > 0 and bc1 != 1.0:
+                torch._foreach_mul_(blended, 1.0 / bc1)
             # Adam's tail fed m~ as both its gradient and its first moment: that moment stays
             # m~ (b1*m~ + (1-b1)*m~), v tracks m~^2 (kept entries: m^2) and the step uses m~,
             # which is the CAST update; m itself is never touched.
             _adam_tail(ps, blended, blended, vs, **hyper)
 
-    def _blend(self, params: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-               pruned: list[torch.Tensor], alpha: float) -> list[torch.Tensor]:
+    def _update_group_fused(self, group: dict, params: list[torch.Tensor], t: int,
+                           alpha: float) -> None:
+        """The whole update in one fused pass per tensor (castlab.sparsity.fused), no chunks:
+        on a GPU the chunking that keeps the CPU path in cache only adds launches."""
+        from castlab.sparsity import fused
+
+        beta1, beta2 = group["betas"]
+        bc1 = 1 - beta1 ** (t + 1) if getattr(self, "bias_correct", False) and group["sparse"] \
+            else 1.0
+        values = {fused.LR: group["lr"] * bc1, fused.BETA1: beta1, fused.BETA2: beta2,
+                  fused.EPS: group["eps"], fused.BC1: 1 - beta1 ** (t + 1),
+                  fused.BC2_SQRT: math.sqrt(1 - beta2 ** (t + 1)), fused.ALPHA: alpha,
+                  fused.LAM: self.lambda_ * bc1, fused.SCALE: 1.0 / bc1}
+        hypers = self.__dict__.setdefault("_hypers", {})  # per group; not in the state dict
+        hyper = hypers.get(id(group))
+        if hyper is None or hyper.device != params[0].device:
+            hyper = hypers[id(group)] = torch.zeros(fused.HYPER_SIZE, device=params[0].device)
+        for index, value in values.items():  # fill_ launches a kernel; a host copy would sync
+            hyper[index].fill_(value)
+        state = [self.state[p] for p in params]
+        pruned = [s["pruned"] for s in state] if alpha > 0 else None
+        fused.fused_adams_update_(params, [p.grad for p in params],
+                                  [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],
+                                  pruned, hyper, bool(group["sparse"]))
+
+    @staticmethod
+    def _blend(params: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+               pruned: list[torch.Tensor], alpha: float, lam: float) -> list[torch.Tensor]:
         """m~ as new tensors: m where kept, (1-a)*m + a*lam*sign(theta) where masked.
 
         Written as m~ = m + a*lam * pruned * (sign(theta) - m/lam), pruned = ~mask as 0./1.:
@@ -193,7 +274,6 @@ class AdamS(torch.optim.Optimizer):
         0./1. copy is made per chunk, in cache, from the one-byte-per-weight uint8 state.
         """
         pruned = [pr.to(p.dtype) for pr, p in zip(pruned, params, strict=True)]
-        lam = self.lambda_
         if lam == 0:  # m~ = m - a * pruned * m
             return torch._foreach_addcmul(exp_avgs, exp_avgs, pruned, value=-alpha)
         blended = torch._foreach_sign(params)
@@ -301,15 +381,20 @@ def typical_masked_magnitude(weights: Sequence[torch.Tensor], masks: Sequence[to
     return total / count if count else 0.0
 
 
-def decay_budget_warning(optimizer: AdamS, lr_schedule: Sequence[float] | Callable[[int], float],
-                         total_steps: int) -> str | None:
-    """A warning when the decay budget is below the typical |theta| of masked weights, else None."""
-    budget = decay_budget(lr_schedule, total_steps)
-    typical = typical_masked_magnitude(optimizer._sparse_params(), optimizer.masks())
-    if budget < typical:
-        return (
-            f"decay budget sum_t lr_t*t/T = {budget:.3g} is below the typical |theta| of masked "
-            f"weights ({typical:.3g}): AdamS cannot drive them to zero in {total_steps} steps, so "
-            "the final prune will not be lossless (raise the lr, the steps, or use a slower decay)"
-        )
-    return None
+def decay_budget_warning(distance: float, typical: float, total_steps: int) -> str | None:
+    """A warning when ``distance``, how far the masked weights were measured to move towards
+    zero over the run (castlab.sparsity.masklife.measured_decay_distance), is below ``typical``,
+    their mean |theta| at the start; None when it is not (or nothing was measured).
+
+    The a priori bound sum_t lr_t * t/T (``decay_budget``) assumed the masked step follows the
+    ramp; once lambda dominates m it is ~sqrt(3) x lr from the first steps, so that bound warned
+    on runs that ended with masked/kept 0.001.
+    """
+    if not (math.isfinite(distance) and math.isfinite(typical)) or distance >= typical:
+        return None
+    return (
+        f"measured decay distance sum_t lr_t*step_t = {distance:.3g} is below the typical |theta| "
+        f"of masked weights at the start ({typical:.3g}): AdamS did not drive them to zero in "
+        f"{total_steps} steps, so the final prune is not lossless (raise lambda, the lr or the "
+        "steps)"
+    )

@@ -10,10 +10,13 @@ from pathlib import Path
 
 from castlab import store
 from castlab.errors import UserError
+from castlab.paths import check_output_dir
 from castlab.sweep.backends import make_backend
 from castlab.sweep.plan import (
+    MAX_PLANNED_RUNS,
     PlannedRun,
     build_plan,
+    check_plan_size,
     estimate_seconds,
     format_seconds,
     measured_throughput,
@@ -75,11 +78,20 @@ def _log_invocation(spec: SweepSpec, started: float, counts: Counter) -> None:
         log.write(json.dumps(entry) + "\n")
 
 
-def _cmd_sweep(args) -> int:
+def load_for_command(args) -> SweepSpec:
+    """The sweep file with the command line's --backend and --results applied, size-checked."""
     spec = load_sweep(args.file)
-    if args.backend:
+    if getattr(args, "backend", None):
         spec.backend = args.backend
         spec.validate(str(args.file))
+    if getattr(args, "results_dir", None):  # given on the command line: any writable place
+        spec.results = str(check_output_dir(args.results_dir, "--results").resolve())
+    check_plan_size(spec, allow_large=getattr(args, "allow_large", False))
+    return spec
+
+
+def _cmd_sweep(args) -> int:
+    spec = load_for_command(args)
     if args.dry_run:
         plan = build_plan(spec)
         lines, left = plan_table(plan)
@@ -127,8 +139,12 @@ def status_table(root: Path) -> str:
         p.parent for p in root.rglob(store.CONFIG_FILE)) if d not in done_dirs]
     if len(rows):
         view = rows.assign(state=rows["status"].map({"ok": "done", "failed": "failed"}))
+        # the mask life of sparse runs (drift from the step-0 mask at T/2 and at the end, mean
+        # flip rate over every refresh, masked step towards zero / lr); older rows lack them
+        life = [c for c in ("prune_shock", "mask_drift_half", "mask_drift", "mask_flip_rate",
+                            "masked_step_lr") if c in view]
         cols = ["run_id", "method", "model", "tokens", "seed", "state", "eval_loss", "ppl",
-                "wall_seconds", "reason"]
+                *life, "wall_seconds", "reason"]
         view = view[cols].sort_values(["model", "method", "tokens", "seed"], na_position="last")
         view["reason"] = view["reason"].fillna("").str.slice(0, 60)
         lines.append(view.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
@@ -178,6 +194,12 @@ def register(subparsers) -> None:
     p.add_argument("--backend", choices=["local", "ray", "slurm"],
                    help="override the file's backend (with default options)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or child output")
+    p.add_argument("--results", dest="results_dir", type=Path, metavar="DIR",
+                   help="results directory, overriding the file's `results:` (any writable "
+                        "path; a path in the file must stay inside the working directory "
+                        "unless absolute)")
+    p.add_argument("--allow-large", action="store_true",
+                   help=f"plan more than {MAX_PLANNED_RUNS:,} runs")
     p.set_defaults(func=_cmd_sweep)
 
     s = subparsers.add_parser("status", help="table of the runs in a results directory",
