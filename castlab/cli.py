@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "castlab.sweep.commands",
     "castlab.eval_commands",
     "castlab.law.commands",
+    "castlab.report.commands",
 ]
 
 # Commands that run long numeric loops: worth re-executing under tcmalloc (see maybe_reexec_with_tcmalloc).
@@ -58,9 +59,17 @@ def maybe_reexec_with_tcmalloc(argv: list[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "castlab.cli", *argv], env)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with usage mistakes reported in one line (exit 2), like every other user error."""
+
+    def error(self, message: str):
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` on stderr and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="castlab",
         description="CAST 2:4 sparse training, sweeps, and scaling-law fitting.",
     )

@@ -6,8 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from castlab.argtypes import positive_int
 from castlab.config import METHODS, TrainConfig, from_dict, load_yaml, to_dict
+from castlab.device import add_device_argument
 from castlab.errors import UserError
+from castlab.paths import check_output_dir
 
 # flag -> TrainConfig field, for the settings people change most; --set covers the rest.
 TRAIN_FLAGS = {
@@ -15,6 +18,7 @@ TRAIN_FLAGS = {
     "seq_len": int, "batch_size": int, "lr": float, "lr_schedule": str, "lambda_": str,
     "eta": float, "kd_temperature": float, "t1": int, "scale_blocks": int, "seed": int,
     "grad_clip": float, "dtype": str, "eval_every": int, "checkpoint_every": int, "threads": int,
+    "device": str, "dropout": float,
 }
 
 
@@ -31,6 +35,8 @@ def register(subparsers) -> None:
         extra = {"choices": METHODS} if name == "method" else {}
         p.add_argument(flag, dest=name, type=typ, default=None, **extra,
                        help=f"TrainConfig.{name}" + (" (a number or 'auto')" if name == "lambda_" else ""))
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="TrainConfig.compile: torch.compile the model for training")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other TrainConfig field (YAML value), e.g. --set warmup_frac=0.1")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -44,11 +50,13 @@ def register(subparsers) -> None:
     e.add_argument("--corpus", default="default",
                    help="corpus spec: default, a local dir/glob, or hf:NAME/CONFIG (default: default)")
     e.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    e.add_argument("--seq-len", type=int, default=128)
-    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--seq-len", type=positive_int, default=128)
+    e.add_argument("--batch-size", type=positive_int, default=8)
     e.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    e.add_argument("--max-tokens", type=int, default=None, help="score only this prefix")
+    e.add_argument("--max-tokens", type=positive_int, default=None,
+                   help="score only this prefix (a positive number of tokens)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a sentence")
+    add_device_argument(e)
     e.set_defaults(func=run_eval_ppl)
 
 
@@ -57,15 +65,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     import yaml
 
     data = to_dict(load_yaml(TrainConfig, args.config)) if args.config else {}
-    for name in TRAIN_FLAGS:
-        value = getattr(args, name)
+    for name in [*TRAIN_FLAGS, "compile"]:
+        value = getattr(args, name, None)
         if value is not None:
             data[name] = _number_or_text(value) if name == "lambda_" else value
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
             raise UserError(f"--set: got '{item}', allowed KEY=VALUE")
-        data[key.strip()] = yaml.safe_load(raw)
+        try:
+            data[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key.strip()}: cannot read {raw[:60]!r} as a YAML value") from None
     if "method" not in data or "model" not in data:
         raise UserError("train: --method and --model are required (or a --config that sets them)")
     return from_dict(TrainConfig, data, where="train")
@@ -84,7 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
     from castlab.train import run_training
 
     cfg = config_from_args(args)
-    out = args.out or Path("results") / cfg.run_id()
+    out = check_output_dir(args.out or Path("results") / cfg.run_id(), "--out")
     row = run_training(cfg, out, progress=not args.no_progress)
     if row is None:
         return 0
@@ -103,10 +114,12 @@ def run_eval_ppl(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from castlab.data import load_corpus, split_token_ids
+    from castlab.device import use_device
     from castlab.evaluate import perplexity
     from castlab.models import load_pretrained
 
-    model = load_pretrained(args.model)
+    device = use_device(args.device)
+    model = load_pretrained(args.model).to(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     except (OSError, ValueError):

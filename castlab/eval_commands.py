@@ -12,16 +12,27 @@ from pathlib import Path
 
 import torch
 
+from castlab.argtypes import finite_float, positive_float, positive_int
+from castlab.device import add_device_argument
 from castlab.errors import UserError
+from castlab.paths import check_output_dir
 
 
-def load_model_and_tokenizer(model_spec: str, tokenizer_spec: str | None = None):
-    """The HF causal LM (fp32) and its tokenizer, with one-line errors for missing pieces."""
+def load_model_and_tokenizer(model_spec: str, tokenizer_spec: str | None = None,
+                             device: str | None = None):
+    """The HF causal LM (fp32) and its tokenizer, with one-line errors for missing pieces.
+
+    ``device`` (auto | cpu | cuda | cuda:N, castlab.device) places the model; None leaves it on
+    the CPU."""
     from transformers import AutoTokenizer
 
+    from castlab.device import use_device
     from castlab.models import load_pretrained
 
+    target = use_device(device) if device is not None else None  # a missing GPU fails first
     model = load_pretrained(model_spec)
+    if target is not None:
+        model = model.to(target)
     source = tokenizer_spec or model_spec
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source))
@@ -43,6 +54,18 @@ def token_stream(tokenizer, corpus: str, split: str, max_tokens: int | None = No
     return stream[:max_tokens] if max_tokens else stream
 
 
+def _out_file(text: str) -> Path:
+    """argparse type of --out-json: a file whose folder exists (or can be made), not a folder."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, allowed a file path")
+    try:
+        check_output_dir(path.parent, "--out-json")
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
+    return path
+
+
 def _emit(payload: dict, args, human: str) -> None:
     text = json.dumps(payload, indent=1)
     if getattr(args, "out_json", None):
@@ -57,7 +80,7 @@ def cmd_eval_zeroshot(args) -> int:
     tasks = zeroshot.parse_tasks(args.tasks)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit: got {args.limit}, allowed a positive number of documents")
-    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
     scores = zeroshot.evaluate_zeroshot(model, tokenizer, tasks, limit=args.limit,
                                         batch_size=args.batch_size)
     lines = [f"{'task':<16} {'docs':>6} {'acc':>7} {'acc_norm':>9}"]
@@ -76,7 +99,9 @@ def cmd_quantize(args) -> int:
     from castlab.quantize import QuantConfig, quantize_model
 
     config = QuantConfig(bits=args.bits, group_size=args.group_size, scheme=args.scheme)
-    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer)
+    if args.out:
+        check_output_dir(args.out, "--out")
+    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
     stream = (token_stream(tokenizer, args.corpus, "validation", args.ppl_tokens)
               if args.corpus else None)
     before = perplexity(model, stream, args.seq_len) if stream is not None else None
@@ -106,9 +131,14 @@ def cmd_finetune(args) -> int:
     """Fine-tune MODEL on a corpus split with its N:M mask fixed (or densely with --dense)."""
     from castlab.finetune import finetune, masks_from_model
 
-    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer)
+    if not 0.0 <= args.eta <= 1.0:
+        raise UserError(f"--eta: got {args.eta}, allowed 0..1")
+    if args.out:
+        check_output_dir(args.out, "--out")
+    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
     masks = None if args.dense else masks_from_model(model)
-    teacher = load_model_and_tokenizer(args.teacher, args.tokenizer or args.model)[0] \
+    teacher = load_model_and_tokenizer(args.teacher, args.tokenizer or args.model,
+                                       args.device)[0] \
         if args.teacher else None
     width = args.seq_len + 1
     train = token_stream(tokenizer, args.corpus, "train", args.steps * args.batch_size * width)
@@ -134,7 +164,8 @@ def cmd_export(args) -> int:
     """Export MODEL (save_pretrained + bit-packed mask); on CUDA check/time the 2:4 kernels."""
     from castlab.export import check_semi_structured, export_model, time_semi_structured
 
-    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer)
+    check_output_dir(args.out, "--out")
+    model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
     out = export_model(model, args.out, tokenizer)
     payload: dict = {"out": str(out)}
     human = [f"exported to {out}"]
@@ -158,8 +189,9 @@ def cmd_export(args) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="save_pretrained directory or HF name")
     parser.add_argument("--tokenizer", help="tokenizer directory/name (default: MODEL's)")
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--out-json", help="also write the JSON result to this file")
+    parser.add_argument("--out-json", type=_out_file, help="also write the JSON result to this file")
 
 
 def register(subparsers) -> None:
@@ -170,33 +202,35 @@ def register(subparsers) -> None:
     p.add_argument("--tasks", default="all",
                    help="comma list: piqa, hellaswag, arc_easy, arc_challenge, winogrande, boolq, "
                         "sciq, openbookqa, lambada_openai (offline), 'all', or lm-eval task names")
-    p.add_argument("--limit", type=int, help="documents per task (default: all)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=positive_int, help="documents per task (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.set_defaults(func=cmd_eval_zeroshot)
 
     p = subparsers.add_parser("quantize", help="weight-only int8/int4 RTN quantization",
                               description=cmd_quantize.__doc__)
     _common(p)
-    p.add_argument("--bits", type=int, default=4, help="4 or 8")
-    p.add_argument("--group-size", type=int, default=128, help="group length along the input dim")
-    p.add_argument("--scheme", default="symmetric", help="symmetric or asymmetric")
+    p.add_argument("--bits", type=int, default=4, choices=[4, 8], help="4 or 8")
+    p.add_argument("--group-size", type=positive_int, default=128,
+                   help="group length along the input dim")
+    p.add_argument("--scheme", default="symmetric", choices=["symmetric", "asymmetric"])
     p.add_argument("--out", help="directory for the quantized (dequantized fp32) model")
     p.add_argument("--corpus", help="corpus whose validation split measures PPL before/after")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--ppl-tokens", type=int, help="cap on scored tokens (prefix of the split)")
+    p.add_argument("--seq-len", type=positive_int, default=256)
+    p.add_argument("--ppl-tokens", type=positive_int,
+                   help="cap on scored tokens (prefix of the split)")
     p.set_defaults(func=cmd_quantize)
 
     p = subparsers.add_parser("finetune", help="fine-tune with the N:M mask held fixed",
                               description=cmd_finetune.__doc__)
     _common(p)
     p.add_argument("--corpus", default="default", help="corpus spec (train/validation splits)")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--eval-tokens", type=int, default=65536)
+    p.add_argument("--steps", type=positive_int, default=100)
+    p.add_argument("--lr", type=positive_float, default=1e-4)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--seq-len", type=positive_int, default=128)
+    p.add_argument("--eval-tokens", type=positive_int, default=65536)
     p.add_argument("--teacher", help="dense teacher model for KD (optional)")
-    p.add_argument("--eta", type=float, default=1 / 3, help="KD weight of the KL term")
+    p.add_argument("--eta", type=finite_float, default=1 / 3, help="KD weight of the KL term (0..1)")
     p.add_argument("--dense", action="store_true", help="train densely (the comparison run)")
     p.add_argument("--out", help="directory for the fine-tuned model")
     p.set_defaults(func=cmd_finetune)
@@ -208,5 +242,5 @@ def register(subparsers) -> None:
     p.add_argument("--check-cuda", action="store_true",
                    help="convert to torch semi-structured 2:4 and compare layer outputs (CUDA)")
     p.add_argument("--bench", action="store_true", help="time 2:4 vs dense matmul (CUDA)")
-    p.add_argument("--bench-size", type=int, default=4096)
+    p.add_argument("--bench-size", type=positive_int, default=4096)
     p.set_defaults(func=cmd_export)

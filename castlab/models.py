@@ -35,6 +35,9 @@ PRESETS: dict[str, LadderPreset] = {
     "opt-600k": LadderPreset(hidden=128, layers=3, heads=4, ffn=512),
     "opt-1.3m": LadderPreset(hidden=192, layers=3, heads=6, ffn=768),
     "opt-3m": LadderPreset(hidden=256, layers=4, heads=8, ffn=1024),
+    # GPU study rungs (sweeps/opt_family_gpu.yaml): with opt-1.3m and opt-3m, 8x in N
+    "opt-6m": LadderPreset(hidden=320, layers=5, heads=5, ffn=1280),
+    "opt-12m": LadderPreset(hidden=384, layers=7, heads=6, ffn=1536),
 }
 
 # Block-internal linears: OPT/LLaMA/Mistral/Qwen (model.*.layers.<i>.…) and GPT-NeoX style (….h.<i>.…).
@@ -86,10 +89,18 @@ def build_preset(preset: str, vocab_size: int, seed: int = 0, **token_ids) -> nn
 
 def load_pretrained(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load any HF causal LM by hub name or local directory (``save_pretrained`` output)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(f"cannot load model '{name_or_path}': the folder holds no config.json, "
+                        "allowed a save_pretrained directory, a ladder preset or an HF name")
     try:
         return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
+    except SafetensorError as err:  # a damaged or truncated weights file
+        raise UserError(f"cannot load model '{name_or_path}': its weights file is damaged "
+                        f"({str(err).strip().splitlines()[0][:200]})") from None
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(

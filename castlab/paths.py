@@ -11,3 +11,23 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("CASTLAB_CACHE", Path.home() / ".cache" / "castlab")).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def check_output_dir(path: str | Path, where: str) -> Path:
+    """``path`` as a directory castlab may create or write into, else a one-line UserError.
+
+    Checked before any work starts, so `--out /dev/null/x` fails in a second, not after training.
+    """
+    from castlab.errors import UserError
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{where}: {path} is a file, allowed a directory")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{where}: cannot create {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{where}: cannot create or write {path}: {parent} is not writable")
+    return path

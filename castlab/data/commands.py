@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from castlab.argtypes import nonnegative_int, positive_int
+from castlab.config import MAX_VOCAB
 from castlab.data.corpus import (
     CORPUS_SOURCES,
     SPLITS,
@@ -14,6 +16,7 @@ from castlab.data.corpus import (
     load_corpus,
 )
 from castlab.data.tokenizer import get_tokenizer, split_token_ids, tokenizer_dir
+from castlab.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--corpus", default="default",
                          help=f"named corpus ({', '.join(CORPUS_SOURCES)}), hf:DATASET[:CONFIG], "
                               "a directory of .txt files or a glob (default: default)")
-    prepare.add_argument("--vocab-size", type=int, default=8192,
+    prepare.add_argument("--vocab-size", type=positive_int, default=8192,
                          help="BPE vocabulary size including 2 special tokens (default: 8192)")
-    prepare.add_argument("--seed", type=int, default=0,
+    prepare.add_argument("--seed", type=nonnegative_int, default=0,
                          help="seed of the document split (default: 0)")
     prepare.set_defaults(func=run_prepare)
     info = commands.add_parser("info", help="list the named corpora and whether they are cached",
@@ -41,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Prepare one corpus end to end and print documents / characters / tokens per split."""
+    if args.vocab_size > MAX_VOCAB:
+        raise UserError(f"--vocab-size: got {args.vocab_size:,}, allowed at most {MAX_VOCAB:,}")
     print(f"corpus {args.corpus}: loading (downloads and cleans on first use)", file=sys.stderr)
     corpus = load_corpus(args.corpus, seed=args.seed)
     cached = (tokenizer_dir(corpus, args.vocab_size) / "tokenizer.json").exists()

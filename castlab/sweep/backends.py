@@ -4,21 +4,31 @@ Every backend runs the same unit, ``runner.execute_run`` (claim, child process, 
 store, so resume and skip rules do not depend on where runs execute. A backend gets a list of
 runs whose prerequisites are done and returns {run_id: outcome}. Add one by writing a class with
 an ``Options`` dataclass and ``execute`` and registering it in ``BACKENDS``.
+
+GPUs: the local backend runs one run per visible GPU at a time, each child pinned to its card
+with ``CUDA_VISIBLE_DEVICES`` (runs with ``device: cpu`` or a fixed ``cuda:N`` go one after
+another, as on a CPU machine); Ray pins through ``num_gpus`` (Ray sets the variable for its
+workers); SLURM through submitit's GPU options. This module imports nothing of the plan or the
+sweep file (only for type checking), so ``spec`` can import ``BACKENDS`` without a cycle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from tqdm.auto import tqdm
 
-from castlab.config import to_dict
+from castlab.config import check_range, to_dict
 from castlab.errors import UserError
-from castlab.sweep.plan import PlannedRun
 from castlab.sweep.runner import Outcome, execute_run
+
+if TYPE_CHECKING:
+    from castlab.sweep.plan import PlannedRun
 
 SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -46,28 +56,100 @@ def _import_backend_package(module: str, backend: str, extra: str):
         raise UserError(f"backend {backend}: the '{module}' package is not installed "
                         f"(pip install 'castlab[{extra}]')") from None
 
+def visible_gpus() -> list[str]:
+    """Ids of the CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them."""
+    from castlab.device import cuda_count
+
+    count = cuda_count()
+    listed = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
+    return (listed or [str(i) for i in range(count)])[:count]
+
+
+def gpus_per_run(option: float | None, run: PlannedRun) -> float:
+    """GPUs a cluster backend requests for a run: the option when set, else 1 for a run whose
+    device names CUDA (on a cluster, ``auto`` means what the job was given: 0 GPUs)."""
+    if option is not None:
+        return option
+    return 1.0 if run.config.device.startswith("cuda") else 0.0
+
+
+def spreads_over_gpus(run: PlannedRun) -> bool:
+    """Whether a run may go to any visible GPU (device auto or cuda; cpu and cuda:N stay put)."""
+    return run.config.device in ("auto", "cuda")
+
+
 @dataclass
 class LocalBackend:
-    """One run after another on this machine, each in its own child process."""
+    """Runs on this machine, each in its own child process: one per visible GPU at a time, or
+    one after another without GPUs (parallel runs on one CPU machine only slow each other)."""
 
     @dataclass
     class Options:
-        """No options: parallelism on one CPU machine only slows each run down."""
+        """``gpus``: most GPUs to use at once (null: every visible one; 0: none)."""
+
+        gpus: int | None = None
+
+        def validate(self, where: str) -> None:
+            """gpus is a count."""
+            if self.gpus is not None and self.gpus < 0:
+                raise UserError(f"{where}.gpus: got {self.gpus}, allowed >= 0 or null")
 
     options: Options = field(default_factory=Options)
     progress: bool = True
 
     def execute(self, runs: list[PlannedRun], retry_failed: bool) -> dict[str, Outcome]:
-        """Run sequentially with a bar over runs; the child's own bar shows within each run."""
+        """Run with a bar over runs; CPU runs in turn (the child's own bar shows within each),
+        GPU runs one per card at a time."""
+        gpus = visible_gpus() if any(spreads_over_gpus(r) for r in runs) else []
+        if self.options.gpus is not None:
+            gpus = gpus[:self.options.gpus]
+        on_gpus = [r for r in runs if gpus and spreads_over_gpus(r)]
+        in_turn = [r for r in runs if r not in on_gpus]
         out: dict[str, Outcome] = {}
         with tqdm(total=len(runs), desc="sweep", unit="run", disable=not self.progress,
                   dynamic_ncols=True) as bar:
-            for run in runs:
+            for run in in_turn:
                 bar.set_postfix_str(f"{run.run_id}", refresh=True)
                 out[run.run_id] = execute_run(run.config, run.run_dir, retry_failed,
                                               echo=self.progress)
                 _report(bar, run, out[run.run_id])
+            if on_gpus:
+                self._execute_on_gpus(on_gpus, gpus, retry_failed, bar, out)
         return out
+
+    def _execute_on_gpus(self, runs: list[PlannedRun], gpus: list[str], retry_failed: bool,
+                         bar: tqdm, out: dict[str, Outcome]) -> None:
+        """One worker thread per GPU takes the next run and trains it pinned to its card.
+
+        The threads are daemons: an interrupted sweep exits, and its children follow (each
+        child dies with the sweep, see runner), leaving checkpoints to resume from.
+        """
+        queue, lock = list(runs), threading.Lock()
+        echo = self.progress and len(gpus) == 1  # several children's bars would interleave
+
+        def worker(gpu: str) -> None:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    run = queue.pop(0)
+                try:
+                    outcome = execute_run(run.config, run.run_dir, retry_failed, echo=echo,
+                                          env={"CUDA_VISIBLE_DEVICES": gpu})
+                except Exception as err:  # noqa: BLE001 - that run only; the others go on
+                    tqdm.write(f"  run {run.run_id} on GPU {gpu} failed to start: {err}")
+                    outcome = "failed"
+                with lock:
+                    out[run.run_id] = outcome
+                    _report(bar, run, outcome)
+
+        threads = [threading.Thread(target=worker, args=(gpu,), daemon=True,
+                                    name=f"castlab-gpu-{gpu}") for gpu in gpus]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():  # join with a timeout so Ctrl-C reaches this thread
+                thread.join(0.5)
 
 
 @dataclass
@@ -80,8 +162,16 @@ class RayBackend:
 
         address: str | None = "auto"
         num_cpus: float = 1.0
-        num_gpus: float = 0.0
+        num_gpus: float | None = None  # null: 1 per run whose device is cuda or cuda:N, else 0
         memory_gb: float | None = None
+
+        def validate(self, where: str) -> None:
+            """Resource requests: none negative, memory positive when given."""
+            check_range(self.num_cpus, (0, 1e6, False, False), f"{where}.num_cpus")
+            if self.num_gpus is not None:
+                check_range(self.num_gpus, (0, 1e6, False, False), f"{where}.num_gpus")
+            if self.memory_gb is not None:
+                check_range(self.memory_gb, (0, None, True, False), f"{where}.memory_gb")
 
     options: Options = field(default_factory=Options)
     progress: bool = True
@@ -97,13 +187,13 @@ class RayBackend:
         except ConnectionError as err:
             raise UserError(f"backend ray: cannot connect to address '{opts.address}' ({err}); "
                             "start one with `ray start --head` or set backend.address") from None
-        resources: dict[str, Any] = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus,
-                                     "max_retries": 0}
+        resources: dict[str, Any] = {"num_cpus": opts.num_cpus, "max_retries": 0}
         if opts.memory_gb:
             resources["memory"] = int(opts.memory_gb * 2**30)
-        task = ray.remote(**resources)(execute_run)
-        pending = {task.remote(to_dict(r.config), str(r.run_dir), retry_failed, False): r
-                   for r in runs}
+        # Ray sets CUDA_VISIBLE_DEVICES for a task to the GPUs it was granted; the run's child
+        # inherits it, so each run sees its own card(s) as cuda:0...
+        pending = {ray.remote(num_gpus=gpus_per_run(opts.num_gpus, r), **resources)(execute_run)
+                   .remote(to_dict(r.config), str(r.run_dir), retry_failed, False): r for r in runs}
         out: dict[str, Outcome] = {}
         try:
             with tqdm(total=len(runs), desc="sweep (ray)", unit="run", disable=not self.progress,
@@ -137,11 +227,21 @@ class SlurmBackend:
         partition: str | None = None
         timeout_min: int = 240
         cpus_per_task: int = 2
-        gpus_per_node: int = 0
+        gpus_per_node: int | None = None  # null: 1 when the runs' device is cuda or cuda:N, else 0
+        gres: str | None = None  # e.g. 'gpu:a100:1' where a cluster asks for GPUs by --gres
         mem_gb: float | None = None
         array_parallelism: int = 64
         folder: str | None = None  # submitit logs; default <results>/.submitit
         additional: dict[str, Any] = field(default_factory=dict)  # extra sbatch parameters
+
+        def validate(self, where: str) -> None:
+            """Job sizes: at least one minute, CPU and array slot; no negative GPUs or memory."""
+            for name in ("timeout_min", "cpus_per_task", "array_parallelism"):
+                check_range(getattr(self, name), (1, None, False, False), f"{where}.{name}")
+            if self.gpus_per_node is not None:
+                check_range(self.gpus_per_node, (0, None, False, False), f"{where}.gpus_per_node")
+            if self.mem_gb is not None:
+                check_range(self.mem_gb, (0, None, True, False), f"{where}.mem_gb")
 
     options: Options = field(default_factory=Options)
     progress: bool = True
@@ -158,11 +258,13 @@ class SlurmBackend:
             executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
         except (ValueError, RuntimeError) as err:
             raise UserError(f"backend slurm: {err} (use cluster: local to test without SLURM)") from None
+        gpus = max(gpus_per_run(opts.gpus_per_node, r) for r in runs)
         executor.update_parameters(
             timeout_min=opts.timeout_min, cpus_per_task=opts.cpus_per_task,
-            gpus_per_node=opts.gpus_per_node, mem_gb=opts.mem_gb, name="castlab",
+            gpus_per_node=int(gpus), mem_gb=opts.mem_gb, name="castlab",
             slurm_partition=opts.partition, slurm_array_parallelism=opts.array_parallelism,
             slurm_additional_parameters=opts.additional or None,
+            **({"slurm_gres": opts.gres} if opts.gres else {}),
         )
         n = len(runs)
         jobs = executor.map_array(execute_run, [to_dict(r.config) for r in runs],

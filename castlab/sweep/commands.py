@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import signal
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
 from castlab import store
 from castlab.errors import UserError
-from castlab.paths import check_output_dir
 from castlab.sweep.backends import make_backend
 from castlab.sweep.plan import (
     MAX_PLANNED_RUNS,
@@ -37,7 +35,7 @@ def plan_table(plan: list[PlannedRun]) -> tuple[list[str], float]:
     for run in plan:
         state = store.run_state(run.run_dir)
         seconds = estimate_seconds(run, throughput)
-        if state in ("pending", "running") and seconds is not None:
+        if state in ("pending", "running", "corrupt") and seconds is not None:
             left += seconds
         lines.append(f"{run.run_id:<22} {run.kind:<7} {state:<8} {format_seconds(seconds):>8}  "
                      f"{run.label}")
@@ -80,12 +78,11 @@ def _log_invocation(spec: SweepSpec, started: float, counts: Counter) -> None:
 
 def load_for_command(args) -> SweepSpec:
     """The sweep file with the command line's --backend and --results applied, size-checked."""
-    spec = load_sweep(args.file)
+    # --results given on the command line may name any writable place (see SweepSpec.results)
+    spec = load_sweep(args.file, results=getattr(args, "results_dir", None))
     if getattr(args, "backend", None):
         spec.backend = args.backend
         spec.validate(str(args.file))
-    if getattr(args, "results_dir", None):  # given on the command line: any writable place
-        spec.results = str(check_output_dir(args.results_dir, "--results").resolve())
     check_plan_size(spec, allow_large=getattr(args, "allow_large", False))
     return spec
 
@@ -119,23 +116,16 @@ def _cmd_sweep(args) -> int:
 
 
 def status_table(root: Path) -> str:
-    """The status table of a results directory: every run, done/failed (reason)/running/pending."""
-    import pandas as pd
-
+    """The status table of a results directory: every run, done/failed (reason)/running/pending,
+    corrupt (the file and what is wrong), stray, and copied folders that were not counted."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: no such results directory")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            rows = store.load(root)
-        except UserError as err:
-            if "no result rows" not in str(err):
-                raise
-            rows = pd.DataFrame(columns=list(store.SCHEMA))
+    found = store.scan(root)  # one row per run id; corrupt files and copied folders named
+    rows = found.frame()
     lines = []
     done_dirs = {p.parent for p in store.result_paths(root)}
-    unfinished = [(d.name, store.run_state(d)) for d in sorted(
+    unfinished = [(d.name, "stray" if store.is_stray(d) else store.run_state(d)) for d in sorted(
         p.parent for p in root.rglob(store.CONFIG_FILE)) if d not in done_dirs]
     if len(rows):
         view = rows.assign(state=rows["status"].map({"ok": "done", "failed": "failed"}))
@@ -149,14 +139,19 @@ def status_table(root: Path) -> str:
         view["reason"] = view["reason"].fillna("").str.slice(0, 60)
         lines.append(view.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     for run_id, state in unfinished:
-        lines.append(f"{run_id:<22} {state}")
-    for w in caught:
-        lines.append(f"unreadable: {w.message}")
+        hint = "  (config only, nothing trained: delete it or rerun it)" if state == "stray" else ""
+        lines.append(f"{run_id:<22} {state}{hint}")
+    for file, message in found.corrupt:  # redone by the next sweep, the file moved aside
+        lines.append(f"{file.parent.name:<22} corrupt  {message}")
+    for run_id, kept, skipped in found.duplicates:
+        lines.append(f"{skipped.parent.name:<22} duplicate of {run_id}, not counted  ({skipped}; "
+                     f"kept {kept})")
     lines.extend(convergence_check(rows))
     states = Counter(["done" if s == "ok" else "failed" for s in rows["status"]]
-                     + [s for _, s in unfinished])
+                     + [s for _, s in unfinished] + ["corrupt"] * len(found.corrupt))
+    dupes = f"; {len(found.duplicates)} duplicate folders skipped" if found.duplicates else ""
     lines.append(f"{sum(states.values())} runs: "
-                 + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+                 + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + dupes)
     return "\n".join(lines)
 
 

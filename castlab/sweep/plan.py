@@ -24,6 +24,9 @@ from castlab.sweep.spec import SweepSpec, parse_budget, resolve_budget
 # effective training FLOP/s of one CPU run here (6 * params * tokens FLOPs per token trained).
 DEFAULT_FLOPS = 3e9
 STARTUP_SECONDS = 15.0  # process start, data and model load, final evals
+# Plans larger than this are refused unless `castlab sweep --allow-large`: a typo in seeds or
+# budgets (100k seeds planned 400k runs) should cost a one-line error, not days of compute.
+MAX_PLANNED_RUNS = 2000
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,10 @@ def in_scope_params(model: str) -> int:
     return cfg.num_hidden_layers * (4 * hidden * hidden + mlp * hidden * ffn)
 
 
-def _teacher(spec: SweepSpec, model: str) -> PlannedRun:
+def _teacher(spec: SweepSpec, model: str, seed: int | None = None) -> PlannedRun:
     extra = {k: v for k, v in spec.teacher.items() if k != "tokens"}
+    if seed is not None:  # only with teacher_seeds: a single teacher keeps its run id
+        extra["seed"] = seed
     tokens = resolve_budget(parse_budget(spec.teacher["tokens"], "teacher.tokens"),
                             in_scope_params(model))
     data = {**spec.train, **spec.eval_settings(), **extra, "method": "dense", "model": model,
@@ -109,15 +114,36 @@ def _extra_seeds(spec: SweepSpec, model: str, method: str, budget: int | float |
     return seeds
 
 
+def planned_run_count(spec: SweepSpec) -> int:
+    """Upper bound of the runs ``spec`` plans (teachers included), counted without building them."""
+    extra = sum(len(e.seeds) for e in spec.extra_seeds)
+    per_model = sum((1 if m.name in ONESHOT_METHODS else len(m.budgets or spec.parsed_budgets))
+                    * (len(set(spec.seeds)) + extra) for m in spec.method_specs)
+    teachers = max(1, len(spec.teacher_seeds))
+    return sum(per_model + teachers * is_preset(model) for model in spec.models)
+
+
+def check_plan_size(spec: SweepSpec, allow_large: bool = False) -> int:
+    """The planned run count; a UserError past MAX_PLANNED_RUNS unless ``allow_large``."""
+    count = planned_run_count(spec)
+    if count > MAX_PLANNED_RUNS and not allow_large:
+        raise UserError(f"{spec.name}: the sweep plans up to {count:,} runs, more than the limit "
+                        f"of {MAX_PLANNED_RUNS:,} (check seeds, budgets and models); pass "
+                        "--allow-large to plan it anyway")
+    return count
+
+
 def build_plan(spec: SweepSpec) -> list[PlannedRun]:
-    """Teachers (one per preset) then every cell; duplicates (same run id) appear once."""
+    """Teachers (one per preset, or one per teacher seed) then every cell; duplicates (same run
+    id) appear once."""
     results = spec.results_dir()
     plan: dict[str, PlannedRun] = {}
     for model in spec.models:
-        teacher = _teacher(spec, model) if is_preset(model) else None
-        if teacher is not None:
-            plan.setdefault(teacher.run_id, teacher)
-        init = str(teacher.run_dir / "model") if teacher else model
+        teachers = ([_teacher(spec, model, s) for s in spec.teacher_seeds] or [_teacher(spec, model)]
+                    if is_preset(model) else [None])
+        for teacher in teachers:
+            if teacher is not None:
+                plan.setdefault(teacher.run_id, teacher)
         params = None
         for mspec in spec.method_specs:
             if mspec.name in ONESHOT_METHODS:
@@ -137,6 +163,8 @@ def build_plan(spec: SweepSpec) -> list[PlannedRun]:
                     tokens = resolve_budget(budget, params or 0)
                 seeds = list(spec.seeds) + _extra_seeds(spec, model, mspec.name, budget)
                 for seed in dict.fromkeys(seeds):
+                    teacher = teachers[seed % len(teachers)]
+                    init = str(teacher.run_dir / "model") if teacher else model
                     data = {**spec.train, **spec.eval_settings(), **mspec.settings,
                             "method": mspec.name, "model": model, "init": init, "tokens": tokens,
                             "seed": seed, "corpus": spec.corpus, "vocab_size": spec.vocab_size,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from castlab.config import (
+    MAX_VOCAB,
     METHODS,
     ONESHOT_METHODS,
     TRAINED_METHODS,
@@ -20,9 +21,12 @@ from castlab.config import (
     from_dict,
     parse_count,
     read_yaml,
+    show,
 )
 from castlab.errors import UserError
 from castlab.models import PRESETS, is_preset
+from castlab.paths import check_output_dir
+from castlab.sweep.backends import BACKENDS
 
 # Keys the sweep sets per run itself; users configure them through the sweep's own fields.
 SWEEP_OWNED = {"method": "methods", "model": "models", "init": "models", "tokens": "budgets",
@@ -31,17 +35,20 @@ SWEEP_OWNED = {"method": "methods", "model": "models", "init": "models", "tokens
 TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 _MULTIPLE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[xX]\s*P\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_MULTIPLE = 1e6  # '20xP' budgets: at most a million tokens per in-scope parameter
 
 
 def parse_budget(value: Any, where: str) -> int | float:
     """An absolute token count (int) or a multiple of in-scope params ('20xP' -> 20.0)."""
     if isinstance(value, str) and "x" in value.lower():
         match = _MULTIPLE.match(value)
-        if not match or not float(match.group(1)) > 0:
-            raise UserError(f"{where}: got {value!r}, allowed a positive multiple like '20xP'")
+        if not match or not 0 < float(match.group(1)) <= MAX_MULTIPLE:
+            raise UserError(f"{where}: got {show(value)}, allowed a positive multiple like '20xP' "
+                            f"(at most {MAX_MULTIPLE:.0e}xP)")
         return float(match.group(1))
     if isinstance(value, (list, dict)) or value is None:
-        raise UserError(f"{where}: got {value!r}, allowed a count like '2M' or a multiple like '20xP'")
+        raise UserError(f"{where}: got {show(value)}, allowed a count like '2M' or a multiple "
+                        "like '20xP'")
     return parse_count(value, where)
 
 
@@ -50,9 +57,17 @@ def resolve_budget(budget: int | float, params_in_scope: int) -> int:
     return budget if isinstance(budget, int) else int(round(budget * params_in_scope))
 
 
+def is_model_dir(model: str) -> bool:
+    """A local directory holding a model config (what ``save_pretrained`` writes)."""
+    return (Path(model).expanduser() / "config.json").is_file()
+
+
 def is_hf_name(model: str) -> bool:
-    """An HF hub name ('org/name') or an existing local model directory."""
-    return Path(model).expanduser().is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", model) is not None
+    """An HF hub name ('org/name') that is not a local path, or a local model directory."""
+    path = Path(model).expanduser()
+    if path.exists():  # a local path must be a model directory, whatever its name looks like
+        return is_model_dir(model)
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", model) is not None
 
 
 @dataclass
@@ -98,32 +113,43 @@ class SweepSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     extra_seeds: list[ExtraSeeds] = field(default_factory=list)
     teacher: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for dense teachers
+    # Several teachers per ladder preset (one per seed): run seed s starts from the teacher of
+    # teacher_seeds[s % len(teacher_seeds)], so repeated seeds carry teacher variance. Empty:
+    # one teacher per preset, planned exactly as before (same run ids).
+    teacher_seeds: list[int] = field(default_factory=list)
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig defaults for every run
     eval: EvalSpec = field(default_factory=EvalSpec)
     backend: str | dict[str, Any] = "local"  # name, or {name: ..., <backend options>}
-    results: str | None = None  # default results/<name>
+    results: str | None = None  # default results/<name>; relative: inside the working dir
 
     def validate(self, where: str) -> None:
         """Cross-field checks; fills ``parsed_budgets``, ``method_specs`` and ``backend_options``."""
         if not _NAME.match(self.name):
-            raise UserError(f"{where}.name: got {self.name!r}, allowed letters, digits, '_', '.', '-'")
+            raise UserError(f"{where}.name: got {show(self.name)}, allowed letters, digits, '_', '.', '-'")
         if not self.models:
             raise UserError(f"{where}.models: empty, allowed one or more ladder presets "
                             f"({', '.join(PRESETS)}) or HF names like facebook/opt-125m")
         for i, model in enumerate(self.models):
             if not (is_preset(model) or is_hf_name(model)):
-                raise UserError(f"{where}.models[{i}]: unknown model '{model}', allowed a ladder "
-                                f"preset ({', '.join(PRESETS)}), an HF name like "
-                                "facebook/opt-125m, or a model directory")
-        if self.vocab_size <= 0:
-            raise UserError(f"{where}.vocab_size: got {self.vocab_size}, allowed a positive integer")
+                folder = Path(model).expanduser().exists()
+                raise UserError(f"{where}.models[{i}]: " + (
+                    f"'{show(model)[1:-1]}' holds no config.json, allowed a model directory "
+                    "(save_pretrained output), a ladder preset or an HF name" if folder else
+                    f"unknown model {show(model)}, allowed a ladder preset "
+                    f"({', '.join(PRESETS)}), an HF name like facebook/opt-125m, or a model "
+                    "directory"))
+        if not 0 < self.vocab_size <= MAX_VOCAB:
+            raise UserError(f"{where}.vocab_size: got {show(self.vocab_size)}, allowed a positive "
+                            f"integer up to {MAX_VOCAB:,}")
         if len(set(self.models)) != len(self.models):
             raise UserError(f"{where}.models: '{_first_duplicate(self.models)}' is listed twice")
         self._validate_methods(where)
         self._validate_budgets_and_lambda(where)
         self._validate_seeds(where)
+        self._validate_teacher_seeds(where)
         self._validate_train(where)
         self._validate_backend(where)
+        self._validate_results(where)
 
     # -- pieces of validate -------------------------------------------------------------------
 
@@ -190,8 +216,14 @@ class SweepSpec:
                     raise UserError(f"{w}.methods[{j}]: '{method}' is not in methods")
             for j, budget in enumerate(extra.budgets or []):
                 if budget not in ("smallest", "largest") and parse_budget(budget, f"{w}.budgets[{j}]") not in self.parsed_budgets:
-                    raise UserError(f"{w}.budgets[{j}]: {budget!r} is not in budgets "
+                    raise UserError(f"{w}.budgets[{j}]: {show(budget)} is not in budgets "
                                     "(allowed one of budgets, 'smallest' or 'largest')")
+
+    def _validate_teacher_seeds(self, where: str) -> None:
+        if len(set(self.teacher_seeds)) != len(self.teacher_seeds):
+            raise UserError(f"{where}.teacher_seeds: a seed is listed twice")
+        if self.teacher_seeds and "seed" in self.teacher:
+            raise UserError(f"{where}.teacher.seed: set by teacher_seeds, not allowed with it")
 
     def _validate_train(self, where: str) -> None:
         _check_train_keys(self.train, f"{where}.train")
@@ -222,8 +254,6 @@ class SweepSpec:
                       where=f"{where}.teacher")
 
     def _validate_backend(self, where: str) -> None:
-        from castlab.sweep.backends import BACKENDS
-
         if isinstance(self.backend, str):
             name, options = self.backend, {}
         else:
@@ -235,6 +265,23 @@ class SweepSpec:
             raise UserError(f"{where}.backend: unknown backend '{name}', allowed {', '.join(BACKENDS)}")
         self.backend_name = name
         self.backend_options = from_dict(BACKENDS[name].Options, options, where=f"{where}.backend")
+
+    def _validate_results(self, where: str) -> None:
+        """A results path written in a sweep file may be absolute (a visible, deliberate place,
+        such as a cluster's scratch disk) but a relative one must stay inside the working
+        directory: a downloaded file's `../../x` should not write outside it unnoticed.
+        ``castlab sweep --results DIR`` on the command line overrides either."""
+        if self.results is None:
+            return
+        if not self.results.strip() or "\0" in self.results:
+            raise UserError(f"{where}.results: got {show(self.results)}, allowed a directory path")
+        path = Path(self.results).expanduser()
+        resolved = path.resolve()
+        if not path.is_absolute() and not resolved.is_relative_to(Path.cwd().resolve()):
+            raise UserError(f"{where}.results: {show(self.results)} resolves to {resolved}, "
+                            "outside the working directory; allowed a path inside it, an "
+                            "absolute path, or `castlab sweep --results DIR`")
+        check_output_dir(resolved, f"{where}.results")
 
     # -- derived --------------------------------------------------------------------------------
 
@@ -268,8 +315,8 @@ def _first_duplicate(items: list[str]) -> str:
 def _check_lambda(value: Any, where: str) -> None:
     if value == "auto":
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise UserError(f"{where}: got {value!r}, allowed a number >= 0 or 'auto'")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e300:
+        raise UserError(f"{where}: got {show(value)}, allowed a finite number >= 0 or 'auto'")
 
 
 def _check_train_keys(data: dict[str, Any], where: str, owned: set[str] | None = None) -> None:
@@ -283,10 +330,15 @@ def _check_train_keys(data: dict[str, Any], where: str, owned: set[str] | None =
                             f"{', '.join(f for f in TRAIN_FIELDS if f not in owned)})")
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep file; every problem is a one-line UserError naming the field."""
+def load_sweep(path: str | Path, results: str | Path | None = None) -> SweepSpec:
+    """Read and validate a sweep file; every problem is a one-line UserError naming the field.
+
+    ``results`` (from the command line) replaces the file's ``results:`` before validation.
+    """
     path = Path(path)
     data = read_yaml(path, what="sweep file")
     if data is None:
         raise UserError(f"{path}: empty sweep file, allowed a mapping with name, models, methods, ...")
+    if results is not None and isinstance(data, dict):
+        data = {**data, "results": str(check_output_dir(results, "--results").resolve())}
     return from_dict(SweepSpec, data, where=str(path))
