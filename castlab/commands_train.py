@@ -92,8 +92,11 @@ def _number_or_text(value: str) -> float | str:
 
 def run_train(args: argparse.Namespace) -> int:
     """castlab train: one run into a directory; prints its summary line."""
+    from transformers.utils import logging as hf_logging
+
     from castlab.train import run_training
 
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards": noise here
     cfg = config_from_args(args)
     out = check_output_dir(args.out or Path("results") / cfg.run_id(), "--out")
     row = run_training(cfg, out, progress=not args.no_progress)

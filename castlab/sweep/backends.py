@@ -29,6 +29,7 @@ from castlab.sweep.runner import Outcome, execute_run
 
 if TYPE_CHECKING:
     from castlab.sweep.plan import PlannedRun
+    from castlab.sweep.progress import SweepProgress
 
 SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -96,6 +97,7 @@ class LocalBackend:
 
     options: Options = field(default_factory=Options)
     progress: bool = True
+    tracker: SweepProgress | None = None  # sweep-wide 'run k of N' lines replace the bar
 
     def execute(self, runs: list[PlannedRun], retry_failed: bool) -> dict[str, Outcome]:
         """Run with a bar over runs; CPU runs in turn (the child's own bar shows within each),
@@ -106,12 +108,16 @@ class LocalBackend:
         on_gpus = [r for r in runs if gpus and spreads_over_gpus(r)]
         in_turn = [r for r in runs if r not in on_gpus]
         out: dict[str, Outcome] = {}
-        with tqdm(total=len(runs), desc="sweep", unit="run", disable=not self.progress,
-                  dynamic_ncols=True) as bar:
+        track = self.tracker
+        with tqdm(total=len(runs), desc="sweep", unit="run", dynamic_ncols=True,
+                  disable=not self.progress or track is not None) as bar:
             for run in in_turn:
                 bar.set_postfix_str(f"{run.run_id}", refresh=True)
+                began = track.begin(run.run_id, run.label, self.progress) if track else 0.0
                 out[run.run_id] = execute_run(run.config, run.run_dir, retry_failed,
                                               echo=self.progress)
+                if track:
+                    track.end(run.run_id, began, executed=not out[run.run_id].startswith("skip"))
                 _report(bar, run, out[run.run_id])
             if on_gpus:
                 self._execute_on_gpus(on_gpus, gpus, retry_failed, bar, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections import Counter
@@ -19,6 +20,7 @@ from castlab.sweep.plan import (
     format_seconds,
     measured_throughput,
 )
+from castlab.sweep.progress import SweepProgress
 from castlab.sweep.runner import Outcome
 from castlab.sweep.spec import SweepSpec, load_sweep
 
@@ -27,26 +29,50 @@ from castlab.sweep.spec import SweepSpec, load_sweep
 TEACHER_CONVERGENCE_TOLERANCE = 0.02
 
 
-def plan_table(plan: list[PlannedRun]) -> tuple[list[str], float]:
-    """Lines of the dry-run table and the estimated seconds of work left."""
+LEFT_STATES = ("pending", "running", "corrupt")  # states whose runs a sweep still has to do
+
+
+def plan_estimates(plan: list[PlannedRun]) -> dict[str, float | None]:
+    """Estimated wall seconds per run id: stored runs' rates, else a few timed steps here."""
     throughput = measured_throughput(sorted({r.run_dir.parent for r in plan}))
-    lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} {'estimate':>8}  cell"]
+    return {r.run_id: estimate_seconds(r, throughput, calibrate=True) for r in plan}
+
+
+def _measured(run_dir: Path) -> float | None:
+    """Wall seconds of a done run, from its row."""
+    try:
+        return float(store.read_row(run_dir)["wall_seconds"])
+    except Exception:  # noqa: BLE001 - a missing or unreadable row just has no time
+        return None
+
+
+def plan_table(plan: list[PlannedRun]) -> tuple[list[str], float]:
+    """Lines of the dry-run table (estimate, and the measured time of done runs) and the
+    estimated seconds of work left."""
+    estimates = plan_estimates(plan)
+    lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} {'estimate':>8} {'took':>8}  cell"]
     left = 0.0
     for run in plan:
         state = store.run_state(run.run_dir)
-        seconds = estimate_seconds(run, throughput)
-        if state in ("pending", "running", "corrupt") and seconds is not None:
+        seconds = estimates[run.run_id]
+        if state in LEFT_STATES and seconds is not None:
             left += seconds
-        lines.append(f"{run.run_id:<22} {run.kind:<7} {state:<8} {format_seconds(seconds):>8}  "
-                     f"{run.label}")
+        took = format_seconds(_measured(run.run_dir)) if state == "done" else ""
+        lines.append(f"{run.run_id:<22} {run.kind:<7} {state:<8} {format_seconds(seconds):>8} "
+                     f"{took:>8}  {run.label}")
     return lines, left
 
 
-def run_sweep(spec: SweepSpec, retry_failed: bool = False, progress: bool = True
-              ) -> dict[str, Outcome]:
-    """Teachers first, then every run whose teacher is done; returns {run_id: outcome}."""
+def run_sweep(spec: SweepSpec, retry_failed: bool = False, progress: bool = True,
+              tracker: SweepProgress | None = None) -> dict[str, Outcome]:
+    """Teachers first, then every run whose teacher is done; returns {run_id: outcome}.
+
+    ``tracker`` (local backend) prints 'run k of N, elapsed, ETA' above each run's own bar.
+    """
     plan = build_plan(spec)
     backend = make_backend(spec.backend_name, spec.backend_options, progress=progress)
+    if tracker is not None and hasattr(backend, "tracker"):
+        backend.tracker = tracker
     teachers = [r for r in plan if r.kind == "teacher"]
     outcomes = backend.execute(teachers, retry_failed) if teachers else {}
     ready, blocked = [], []
@@ -102,14 +128,24 @@ def _cmd_sweep(args) -> int:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
+    plan = build_plan(spec)
+    every = plan_estimates(plan)
+    todo = (*LEFT_STATES, "failed") if args.retry_failed else LEFT_STATES
+    estimates = {r.run_id: every[r.run_id] or 0.0 for r in plan
+                 if store.run_state(r.run_dir) in todo}
     started = time.time()
+    tracker = SweepProgress(total=len(plan), estimates=estimates, started=started)
     try:
-        outcomes = run_sweep(spec, retry_failed=args.retry_failed, progress=not args.quiet)
+        outcomes = run_sweep(spec, retry_failed=args.retry_failed, progress=not args.quiet,
+                             tracker=tracker)
     finally:
         signal.signal(signal.SIGTERM, previous)
     counts = Counter(outcomes.values())
     _log_invocation(spec, started, counts)
-    print(f"sweep {spec.name}: {len(outcomes)} runs in {format_seconds(time.time() - started)}: "
+    teachers = sum(r.kind == "teacher" for r in plan)
+    print(f"sweep {spec.name}: {len(outcomes)} runs ({teachers} teachers + "
+          f"{len(outcomes) - teachers}) in {format_seconds(time.time() - started)} (estimated "
+          f"{format_seconds(sum(estimates.values()))} before it started): "
           + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
     print(f"results in {spec.results_dir()} (castlab status {spec.results_dir()})")
     return 1 if counts.get("failed") or counts.get("blocked") else 0
@@ -120,7 +156,8 @@ def status_table(root: Path) -> str:
     corrupt (the file and what is wrong), stray, and copied folders that were not counted."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"{root}: no such results directory")
+        raise UserError(f"{root}: no such results directory (nothing has run there yet; "
+                        "`castlab status SWEEP.yaml` shows a planned sweep's runs)")
     found = store.scan(root)  # one row per run id; corrupt files and copied folders named
     rows = found.frame()
     lines = []
@@ -137,7 +174,7 @@ def status_table(root: Path) -> str:
                 *life, "wall_seconds", "reason"]
         view = view[cols].sort_values(["model", "method", "tokens", "seed"], na_position="last")
         view["reason"] = view["reason"].fillna("").str.slice(0, 60)
-        lines.append(view.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        lines.append(view.to_string(index=False, formatters=column_formats(view)))
     for run_id, state in unfinished:
         hint = "  (config only, nothing trained: delete it or rerun it)" if state == "stray" else ""
         lines.append(f"{run_id:<22} {state}{hint}")
@@ -151,7 +188,39 @@ def status_table(root: Path) -> str:
                      + [s for _, s in unfinished] + ["corrupt"] * len(found.corrupt))
     dupes = f"; {len(found.duplicates)} duplicate folders skipped" if found.duplicates else ""
     lines.append(f"{sum(states.values())} runs: "
-                 + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + dupes)
+                 + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + dupes
+                 + " (dense teachers live in the cache and are not counted here)")
+    return "\n".join(lines)
+
+
+# Fixed decimals per column of the status table, so a column's numbers line up.
+COLUMN_DECIMALS = {"eval_loss": 4, "ppl": 2, "wall_seconds": 1, "prune_shock": 4,
+                   "mask_drift_half": 4, "mask_drift": 4, "mask_flip_rate": 4, "masked_step_lr": 3}
+
+
+def column_formats(view) -> dict:
+    """to_string formatters: fixed decimals per float column, '-' for a missing value."""
+    def fixed(decimals: int):
+        return lambda x: "-" if x != x else f"{x:,.{decimals}f}"  # x != x: NaN
+
+    return {c: fixed(COLUMN_DECIMALS.get(c, 4)) for c in view.columns
+            if view[c].dtype.kind == "f"}
+
+
+def plan_status(spec: SweepSpec) -> str:
+    """Status of a sweep file's plan: every planned run's state, teachers counted apart."""
+    plan = build_plan(spec)
+    states = {r.run_id: store.run_state(r.run_dir) for r in plan}
+    lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} cell"]
+    lines += [f"{r.run_id:<22} {r.kind:<7} {states[r.run_id]:<8} {r.label}" for r in plan]
+    for kind in ("teacher", "run"):
+        group = [states[r.run_id] for r in plan if r.kind == kind]
+        if group:
+            counts = Counter(group)
+            lines.append(f"{counts.get('done', 0)} of {len(group)} {kind}s done ("
+                         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"
+                         + ("; teachers live in the cache, shared by every sweep"
+                            if kind == "teacher" else f"; results in {spec.results_dir()}"))
     return "\n".join(lines)
 
 
@@ -164,15 +233,29 @@ def convergence_check(rows) -> list[str]:
     for model, group in kd.groupby("model"):
         top = group[group["tokens"] == group["tokens"].max()]
         gain = float(((top["teacher_ppl"] - top["ppl"]) / top["teacher_ppl"]).mean())
+        head = f"teacher check {model}: dense-kd at {int(top['tokens'].iloc[0]):,} tokens"
+        if not math.isfinite(gain):
+            lines.append(f"{head}: no PPL to compare with the teacher's")
+            continue
         verdict = "ok" if gain <= TEACHER_CONVERGENCE_TOLERANCE else "NOT CONVERGED"
-        lines.append(f"teacher check {model}: dense-kd at {int(top['tokens'].iloc[0])} tokens "
-                     f"improves teacher PPL by {100 * gain:.2f}% (limit "
-                     f"{100 * TEACHER_CONVERGENCE_TOLERANCE:.0f}%): {verdict}")
+        change = (f"improves on the teacher's PPL by {100 * gain:.2f}%" if gain >= 0
+                  else f"is {100 * -gain:.2f}% worse than the teacher's PPL")
+        lines.append(f"{head} {change} (an improvement over "
+                     f"{100 * TEACHER_CONVERGENCE_TOLERANCE:.0f}% means an unconverged teacher): "
+                     f"{verdict}")
     return lines
 
 
 def _cmd_status(args) -> int:
-    print(status_table(Path(args.results)))
+    target = Path(args.results)
+    if target.suffix in (".yaml", ".yml") and not target.is_dir():
+        args.file = target
+        spec = load_for_command(args)
+        if spec.results_dir().is_dir():
+            print(status_table(spec.results_dir()))
+        print(plan_status(spec))
+        return 0
+    print(status_table(target))
     return 0
 
 
@@ -200,5 +283,6 @@ def register(subparsers) -> None:
     s = subparsers.add_parser("status", help="table of the runs in a results directory",
                               description="Every run under DIR: done, failed (with reason), "
                                           "running or pending; unreadable files are named.")
-    s.add_argument("results", help="results directory (e.g. results/ or results/opt_family)")
+    s.add_argument("results", help="results directory (e.g. results/ or results/opt_family), or "
+                                   "a sweep file: its planned runs, done or not, teachers apart")
     s.set_defaults(func=_cmd_status)

@@ -203,8 +203,10 @@ def measured_throughput(dirs: list[Path]) -> dict[tuple[str, str], float]:
     return out
 
 
-def estimate_seconds(run: PlannedRun, throughput: dict[tuple[str, str], float]) -> float | None:
-    """Expected wall seconds of a run from measured throughput, else from DEFAULT_FLOPS."""
+def estimate_seconds(run: PlannedRun, throughput: dict[tuple[str, str], float],
+                     calibrate: bool = False) -> float | None:
+    """Expected wall seconds of a run from stored runs' throughput, else from a few timed steps
+    (``calibrate``; castlab.sweep.estimate), else from DEFAULT_FLOPS."""
     cfg = run.config
     if cfg.method in ONESHOT_METHODS:
         return STARTUP_SECONDS
@@ -212,6 +214,10 @@ def estimate_seconds(run: PlannedRun, throughput: dict[tuple[str, str], float]) 
     if rate is None:
         if not is_preset(cfg.model):
             return None
+        if calibrate:  # nothing stored: time a few steps of this preset here
+            from castlab.sweep.estimate import calibrated_seconds
+
+            return calibrated_seconds(cfg)
         total = preset_param_counts(cfg.model).total
         teacher_factor = 1.0 if cfg.method == "dense" else 1.5  # KD adds a teacher forward
         rate = DEFAULT_FLOPS / (6 * total * teacher_factor)

@@ -1,0 +1,1 @@
+"""`castlab report`: tables, law study and figures of any sweep's result rows (Markdown + PNG)."""

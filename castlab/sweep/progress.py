@@ -1,0 +1,53 @@
+"""Overall sweep progress: one line per run, 'run k of N', elapsed time and ETA, printed above
+the run's own progress bar."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+from castlab.sweep.plan import format_seconds
+
+
+@dataclass
+class SweepProgress:
+    """Counts runs across the teacher and run batches of one sweep invocation.
+
+    The ETA is the estimates of the runs still to do, scaled by how long the runs executed so
+    far took against their own estimates (so a busy machine's slowdown carries forward).
+    """
+
+    total: int
+    estimates: dict[str, float]  # run_id -> estimated seconds (0 or absent for done runs)
+    started: float = field(default_factory=time.time)
+    position: int = 0
+    spent: float = 0.0  # wall seconds of the runs executed so far
+    spent_estimate: float = 0.0  # their estimates
+    remaining: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.remaining = sum(self.estimates.values())
+
+    def eta(self) -> float | None:
+        """Seconds left, or None while nothing has run and nothing is estimated."""
+        scale = self.spent / self.spent_estimate if self.spent_estimate > 0 else 1.0
+        return self.remaining * scale if self.remaining else None
+
+    def begin(self, run_id: str, label: str, echo: bool = True) -> float:
+        """Print the header line of the next run; returns its start time."""
+        self.position += 1
+        if echo:
+            print(f"[run {self.position}/{self.total} | elapsed "
+                  f"{format_seconds(time.time() - self.started)} | ETA "
+                  f"{format_seconds(self.eta())}] {label}  ({run_id})", file=sys.stderr,
+                  flush=True)
+        return time.time()
+
+    def end(self, run_id: str, began: float, executed: bool) -> None:
+        """Account a finished run; ``executed`` is False for a skipped (already done) run."""
+        estimate = self.estimates.get(run_id, 0.0)
+        self.remaining = max(self.remaining - estimate, 0.0)
+        if executed and estimate > 0:
+            self.spent += time.time() - began
+            self.spent_estimate += estimate

@@ -1,0 +1,134 @@
+"""`castlab report`: tables against hand-computed cells, the shipped study's headline numbers,
+figures written, one-line errors."""
+
+import re
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from castlab import store
+from castlab.cli import main
+from castlab.law.synthetic import TEACHER, synthetic_case
+from castlab.report.commands import write_report
+from castlab.report.figures import plain_label, tokens_label
+from castlab.report.tables import headline_table
+
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "opt_family"
+REFERENCE_REPORT = Path(__file__).resolve().parents[1] / "analysis" / "REPORT.md"
+SIZES3 = {"s100k": 1e5, "s1m": 1e6, "s3m": 3e6}
+BUDGETS5 = tuple(1e6 * 2.0**k for k in range(5))
+TEACHER_SPREAD = 0.01  # teacher seed 1 is 1% worse in PPL than teacher seed 0
+
+
+def synthetic_rows() -> pd.DataFrame:
+    """cast + dense-kd twins (3 seeds), an sr-ste cell and a magnitude run per size; seed s
+    starts from teacher s % 2, the two teachers 1% apart in PPL."""
+    pts = synthetic_case("kd_gap", seeds=3, budgets=BUDGETS5, sizes=SIZES3)
+    teacher_ppl = np.exp([TEACHER[s] for s in pts.size]) * (1 + TEACHER_SPREAD * (pts.seed % 2))
+    common = {"model": pts.size, "params_non_embedding": pts.n, "tokens": pts.d.astype(int),
+              "seed": pts.seed, "status": "ok", "teacher_ppl": teacher_ppl,
+              "teacher_eval_loss": np.log(teacher_ppl), "sweep": "synthetic"}
+    cast = pd.DataFrame({**common, "method": "cast", "eval_loss": pts.loss, "sparsity": 0.5})
+    kd = pd.DataFrame({**common, "method": "dense-kd", "eval_loss": pts.lkd, "sparsity": 0.0})
+    top = cast[cast["tokens"] == cast["tokens"].max()]
+    srste = top.assign(method="sr-ste", eval_loss=top["eval_loss"] + 0.01)
+    first = cast[(cast["tokens"] == cast["tokens"].min()) & (cast["seed"] == 0)]
+    mag = first.assign(method="magnitude", tokens=0, eval_loss=first["eval_loss"] + 0.3)
+    rows = pd.concat([cast, kd, srste, mag], ignore_index=True)
+    return rows.assign(ppl=np.exp(rows["eval_loss"]))
+
+
+@pytest.fixture(scope="module")
+def synthetic_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    rows = synthetic_rows()
+    for i, row in enumerate(rows.to_dict("records")):
+        store.write_row(root / "runs" / f"{row['method']}-{i:04d}",
+                        {**row, "run_id": f"{row['method']}-{i:04d}"})
+    path = write_report(root / "runs", root / "out", draws=30, heldout_draws=10)
+    return rows, path
+
+
+def test_headline_cells_are_mean_and_sd_over_seeds(synthetic_report):
+    rows, path = synthetic_report
+    text = path.read_text()
+    cell = rows[(rows["model"] == "s1m") & (rows["method"] == "cast")
+                & (rows["tokens"] == int(BUDGETS5[-1]))]["ppl"]
+    assert len(cell) == 3
+    expected = f"{cell.mean():.2f} ± {cell.std(ddof=1):.2f}"
+    line = next(ln for ln in text.splitlines() if ln.startswith("| s1m | cast |"))
+    assert line.split(" | ")[-1].rstrip(" |") == expected
+    # the teacher row: two teachers (seed 0 and 1), mean ± sd of their PPL
+    t0 = np.exp(TEACHER["s1m"])
+    teachers = np.array([t0, t0 * (1 + TEACHER_SPREAD)])
+    teacher_line = next(ln for ln in text.splitlines() if ln.startswith("| s1m | dense teacher |"))
+    assert f"{teachers.mean():.2f} ± {teachers.std(ddof=1):.2f}" in teacher_line
+    # one-shot pruners sit in the 0-token column
+    mag = rows[(rows["model"] == "s1m") & (rows["method"] == "magnitude")]["ppl"].iloc[0]
+    assert f"| s1m | magnitude | {mag:.2f} |" in text
+
+
+def test_report_has_law_tables_and_figures(synthetic_report):
+    _, path = synthetic_report
+    text = path.read_text()
+    assert "Chosen form: **" in text
+    assert "| 90% coverage |" in text and "| D/4 -> D |" in text
+    assert "leave one size out" in text
+    assert "issue" not in text.lower()  # the report speaks of the study
+    for name in ("ppl_vs_tokens.png", "pred_vs_actual.png", "residuals_vs_extrapolation.png"):
+        assert f"]({name})" in text
+        image = matplotlib.image.imread(path.parent / name)
+        assert image.shape[0] > 300 and image.shape[1] > 300
+
+
+def test_teacher_convergence_table(synthetic_report):
+    rows, path = synthetic_report
+    kd = rows[(rows["model"] == "s100k") & (rows["method"] == "dense-kd")]
+    top = kd[kd["tokens"] == kd["tokens"].max()]
+    gain = ((top["teacher_ppl"] - top["ppl"]) / top["teacher_ppl"]).mean()
+    line = next(ln for ln in path.read_text().splitlines()
+                if ln.startswith("| s100k | 2 |"))
+    assert f"{100 * gain:+.2f}%" in line
+    assert ("pass" in line) == (gain <= 0.02)
+
+
+def test_tick_labels_are_plain():
+    assert [tokens_label(v) for v in (16384, 131072, 1048576, 2500)] == ["16k", "131k", "1.05M",
+                                                                        "2.5k"]
+    assert [plain_label(v) for v in (100.0, 110.0, 2.5)] == ["100", "110", "2.5"]
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"\d+\.\d+", cell)]
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir() or not REFERENCE_REPORT.exists(),
+                    reason="no shipped reference study")
+def test_reference_headline_matches_the_shipped_report():
+    """The headline of the shipped study, rebuilt from its rows, has the numbers the shipped
+    REPORT.md shows (read from the report, so a re-shipped study moves both together)."""
+    shipped = REFERENCE_REPORT.read_text()
+    block = re.search(r"<!-- begin:headline -->\n(.*?)\n<!-- end:headline -->", shipped, re.S)
+    assert block, "analysis/REPORT.md has no headline block"
+    lines = block.group(1).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    theirs = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for col, cell in zip(header[2:], cells[2:], strict=True):
+            theirs[(cells[0], cells[1], col)] = _numbers(cell)
+    mine_df = headline_table(store.load(REFERENCE))
+    mine = {(r[0], r[1], col): _numbers(v) for r in mine_df.itertuples(index=False)
+            for col, v in zip(mine_df.columns[2:], r[2:], strict=True)}
+    assert set(mine) == set(theirs)
+    assert sum(1 for v in theirs.values() if v) >= 20  # a real table, not an empty one
+    assert mine == theirs
+
+
+def test_missing_results_is_one_line_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err
