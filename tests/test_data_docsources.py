@@ -2,7 +2,6 @@
 document-level splits, apt errors and checksum refusal, pack/unpack for an offline node.
 The real download is one slow test."""
 
-import base64
 import io
 import subprocess
 import tarfile
