@@ -1,10 +1,11 @@
 """The law part of the reference report: held-out predictions of the largest budget, the chosen form.
 
-castlab.law.validate scores an expanding window over every budget; the report asks a narrower
-question (issue 7): fit on budgets <= D/2 or <= D/4 and predict the largest budget D, plus
-leave-one-size-out, for both the total sparse loss and its gap to the dense-kd twin. Those splits
-are built here on top of castlab.law's fit / bootstrap / predict API, and the whole result is
-kept as plain JSON so the report tables are a deterministic function of the rows plus that file.
+The splits are castlab.law.validate's (the same as `castlab fit-law`): fit on budgets <= D/2 or
+<= D/4 and predict the largest budget D, plus leave-one-size-out while three sizes remain to
+train on. Here each split is scored for both the total sparse loss and its gap to the dense-kd
+twin; each split's interval carries the form's extrapolation term learned from its other splits
+(conformal-style, castlab.law.validate.calibrate_tau). The whole result is kept as plain JSON so
+the report tables are a deterministic function of the rows plus that file.
 """
 
 from __future__ import annotations
@@ -20,47 +21,23 @@ from castlab.law.fit import Fit, fit_form
 from castlab.law.forms import FORMS
 from castlab.law.points import Points, check_fittable, points_from_frame
 from castlab.law.predict import Law, fit_to_json
-from castlab.law.validate import candidate_forms
+from castlab.law.validate import (
+    Holdout,
+    calibrate_tau,
+    candidate_forms,
+    holdouts,
+    ppl_of_log_loss,
+    unidentified_forms,
+)
+from castlab.law.validate import choose_form as choose_among
+from castlab.law.validate import (
+    distance as validate_distance,
+)
 
 SCHEMES = ("D/2", "D/4", "size")
 TARGETS = ("total", "gap")
-# Budgets are x2 apart but step rounding can move one by a fraction of a percent.
-BUDGET_SLACK = 1.01
 PRED_COLUMNS = ["form", "scheme", "split", "target", "size", "n", "tokens", "seed", "actual",
-                "pred", "lo", "hi", "rel_err", "excess_err", "distance", "note"]
-
-
-@dataclass(frozen=True)
-class Holdout:
-    """One train/test division: a token cut (train D <= cut, test the largest D) or a left-out size."""
-
-    scheme: str
-    name: str
-    cut: float | None = None
-    size: str | None = None
-
-    def train(self, pts: Points) -> np.ndarray:
-        """Mask of the training runs among ``pts``."""
-        if self.cut is not None:
-            return pts.d <= self.cut * BUDGET_SLACK
-        return pts.size != self.size
-
-    def test(self, pts: Points, largest: float) -> np.ndarray:
-        """Mask of the held-out runs among ``pts`` (``largest``: the study's largest budget)."""
-        if self.cut is not None:
-            return pts.d >= largest / BUDGET_SLACK
-        return pts.size == self.size
-
-
-def holdouts(pts: Points, form_name: str) -> list[Holdout]:
-    """D/2 and D/4 token cuts, and leave-one-size-out for cross-size forms (>= 3 sizes)."""
-    largest = float(pts.d.max())
-    out = [Holdout(f"D/{k}", f"D<={largest / k:,.0f} -> {largest:,.0f}", cut=largest / k)
-           for k in (2, 4)]
-    labels = list(dict.fromkeys(pts.size))
-    if not FORMS[form_name].per_size and len(labels) >= 3:
-        out += [Holdout("size", f"without {label}", size=str(label)) for label in labels]
-    return out
+                "pred", "lo", "hi", "rel_err", "excess_err", "distance", "sd", "note"]
 
 
 def _note_rows(form: str, h: Holdout, note: str, targets=TARGETS) -> list[dict]:
@@ -68,20 +45,14 @@ def _note_rows(form: str, h: Holdout, note: str, targets=TARGETS) -> list[dict]:
             for t in targets]
 
 
-def _distance(h: Holdout, train: Points, test: Points, largest: float) -> np.ndarray:
-    """Decades beyond the training data (log10 ratio), as castlab.law.validate measures it."""
-    if h.cut is not None:
-        return np.full(len(test), np.log10(largest / train.d.max()))
-    train_n = np.unique(train.n)
-    near = train_n[np.argmin(np.abs(np.log(train_n) - np.log(test.n[0])))]
-    return np.log10(test.n / near)
-
-
-def _bootstrap(fit: Fit, train: Points, draws: int, seed: int) -> Bootstrap | None:
-    """Bootstrap refits of ``fit`` on ``train``, or None when there are no usable draws."""
+def _bootstrap(fit: Fit, train: Points, draws: int, seed: int,
+               tau: float = 0.0) -> Bootstrap | None:
+    """Bootstrap refits of ``fit`` on ``train`` (extrapolation term ``tau``), or None when there
+    are no usable draws."""
     if draws <= 0:
         return None
     boot = bootstrap(fit, train, draws=draws, seed=seed)
+    boot.tau = tau
     return boot if len(boot.thetas) else None
 
 
@@ -92,7 +63,7 @@ def _gap_prediction(form: str, fit: Fit, boot: Bootstrap | None, h: Holdout, tes
     kd_gap models the gap itself (its dense-kd curve is dropped); any other form predicts it as
     the same form fitted to the cast runs minus that form fitted to the dense-kd runs.
     """
-    if form == "kd_gap":
+    if "lkd" in FORMS[form].needs:
         gap_fit, q = replace(fit, dense=None), test.subset(np.arange(len(test)))
         q.lkd = np.ones(len(q))  # ln 1 = 0: the form returns only its gap term
         gap_draws = None if boot is None else predictive_draws(gap_fit, boot, q, seed=seed)
@@ -105,6 +76,8 @@ def _gap_prediction(form: str, fit: Fit, boot: Bootstrap | None, h: Holdout, tes
         kd_fit = fit_form(form, kd_train)
     except UserError as err:
         return None, None, f"dense-kd fit: {err}"
+    if kd_fit.on_bound:
+        return None, None, f"dense-kd fit not identified: {', '.join(kd_fit.on_bound)} on a bound"
     gap = y - kd_fit.predict_log(test)
     kd_boot = _bootstrap(kd_fit, kd_train, draws, seed)
     if y_draws is None or kd_boot is None:
@@ -117,10 +90,10 @@ def _gap_prediction(form: str, fit: Fit, boot: Bootstrap | None, h: Holdout, tes
 
 
 def score_holdout(form: str, h: Holdout, cast: Points, kd: Points | None, draws: int,
-                  level: float, seed: int) -> list[dict]:
-    """Prediction rows (one per held-out run and target) for ``form`` on split ``h``."""
-    largest = float(cast.d.max())
-    train, test = cast.subset(h.train(cast)), cast.subset(h.test(cast, largest))
+                  level: float, seed: int, tau: float = 0.0) -> list[dict]:
+    """Prediction rows (one per held-out run and target) for ``form`` on split ``h``; the
+    intervals carry the extrapolation term ``tau`` (sd of ln L per decade beyond the data)."""
+    train, test = cast.subset(h.train(cast)), cast.subset(h.test(cast))
     if not len(test):
         return _note_rows(form, h, "no held-out runs")
     if not len(train):
@@ -130,15 +103,18 @@ def score_holdout(form: str, h: Holdout, cast: Points, kd: Points | None, draws:
         fit = fit_form(form, train)
     except UserError as err:
         return _note_rows(form, h, str(err))
+    if fit.on_bound:
+        return _note_rows(form, h, f"not identified: {', '.join(fit.on_bound)} on a bound")
     y = fit.predict_log(test)
-    boot = _bootstrap(fit, train, draws, seed)
+    boot = _bootstrap(fit, train, draws, seed, tau)
     y_draws = None if boot is None else predictive_draws(fit, boot, test, seed=seed)
     gap, gap_draws, gap_note = _gap_prediction(form, fit, boot, h, test, kd, y, y_draws, draws,
                                                seed)
-    dist = _distance(h, train, test, largest)
-    # PPL = e^L and the forms predict ln L, hence the double exponential.
-    rows = _point_rows(form, h, "total", test, dist, np.exp(test.loss), np.exp(np.exp(y)),
-                       y_draws, level, lambda v: np.exp(np.exp(v)))
+    dist = validate_distance(h, train, test)
+    # PPL = e^L and the forms predict ln L, hence the (bounded) double exponential.
+    rows = _point_rows(form, h, "total", test, dist, np.exp(test.loss), ppl_of_log_loss(y),
+                       y_draws, level, ppl_of_log_loss,
+                       None if y_draws is None else np.nanstd(y_draws, axis=0))
     if gap is None:
         rows += _note_rows(form, h, gap_note, targets=("gap",))
     else:
@@ -148,7 +124,10 @@ def score_holdout(form: str, h: Holdout, cast: Points, kd: Points | None, draws:
     return rows
 
 
-def _point_rows(form, h, target, test, dist, actual, pred, draws, level, to_value) -> list[dict]:
+def _point_rows(form, h, target, test, dist, actual, pred, draws, level, to_value,
+                sd=None) -> list[dict]:
+    """One row per held-out run with a finite actual value; ``sd``: sd of ln L of the draws."""
+    sd = np.full(len(test), np.nan) if sd is None else sd
     lo = hi = np.full(len(test), np.nan)
     if draws is not None:
         lo, hi = (to_value(v) for v in interval(draws, level))
@@ -162,7 +141,7 @@ def _point_rows(form, h, target, test, dist, actual, pred, draws, level, to_valu
                      "seed": int(test.seed[i]), "actual": float(actual[i]), "pred": float(pred[i]),
                      "lo": float(lo[i]), "hi": float(hi[i]),
                      "rel_err": float(pred[i] / actual[i] - 1), "excess_err": float(excess),
-                     "distance": float(dist[i]), "note": ""})
+                     "distance": float(dist[i]), "sd": float(sd[i]), "note": ""})
     return rows
 
 
@@ -173,18 +152,37 @@ def predictions_frame(records: list[dict]) -> pd.DataFrame:
     return df
 
 
-def choose_form(preds: pd.DataFrame) -> str | None:
-    """Lowest mean total-PPL ARE predicting D (D/2 and D/4 splits) among the forms scored on the
-    most points; ties broken by the leave-one-size-out ARE. None if no form was scored."""
-    total = preds[(preds["target"] == "total") & preds["rel_err"].notna()]
-    tok = total[total["scheme"].isin(["D/2", "D/4"])]
-    if tok.empty:
+def _scored_total(preds: pd.DataFrame) -> pd.DataFrame:
+    """Total-target rows with a prediction, in castlab.law.validate's column names."""
+    t = preds[(preds["target"] == "total") & preds["rel_err"].notna()]
+    loss_err = np.log(t["pred"].astype(float)) / np.log(t["actual"].astype(float)) - 1
+    return t.assign(loss_rel_err=loss_err, are=t["rel_err"].abs())
+
+
+def choose_form(preds: pd.DataFrame, unidentified=()) -> str | None:
+    """Lowest mean held-out loss ARE predicting D on the D/2 / D/4 splits every candidate form
+    scored (castlab.law.validate.choose_form); forms in ``unidentified`` are not chosen. None if
+    no form was scored on a token split."""
+    t = _scored_total(preds)
+    forms = [f for f in dict.fromkeys(t["form"]) if f not in set(unidentified)]
+    try:
+        return choose_among(t, forms)[0]
+    except UserError:
         return None
-    are = tok.assign(are=tok["rel_err"].abs()).groupby("form")["are"].agg(["mean", "count"])
-    size = total[total["scheme"] == "size"].assign(are=lambda d: d["rel_err"].abs())
-    are["size"] = size.groupby("form")["are"].mean()
-    full = are[are["count"] == are["count"].max()].sort_values(["mean", "size"], na_position="last")
-    return str(full.index[0])
+
+
+def _taus(preds: pd.DataFrame, level: float) -> dict[tuple[str, str], float]:
+    """Per (form, split): the extrapolation term from the form's other splits' total residuals."""
+    t = _scored_total(preds)
+    t = t[t["sd"].notna()]
+    resid = np.log(np.log(t["actual"].astype(float))) - np.log(np.log(t["pred"].astype(float)))
+    t = t.assign(resid=resid)
+    out = {}
+    for (form, split), _ in preds.groupby(["form", "split"]):
+        o = t[(t["form"] == form) & (t["split"] != split)]
+        out[(form, split)] = (calibrate_tau(o["resid"], o["sd"], o["distance"], level)
+                              if len(o) else 0.0)
+    return out
 
 
 @dataclass
@@ -209,20 +207,30 @@ def run_study(rows: pd.DataFrame, draws: int = 1000, heldout_draws: int = 200,
     if ((rows["method"] == "dense-kd") & (rows["status"] == "ok")).any():
         kd = points_from_frame(rows, "dense-kd", where="results")
     usable, excluded = candidate_forms(cast, forms)
-    records: list[dict] = []
-    many_sizes = len(set(cast.size)) >= 3
-    for form in usable:
-        for h in holdouts(cast, form):
-            records += score_holdout(form, h, cast, kd, heldout_draws, level, seed)
-        if FORMS[form].per_size and many_sizes:
-            records += _note_rows(form, Holdout("size", "leave one size out"),
-                                  "fitted per size: cannot predict an unseen size")
-    preds = predictions_frame(records)
-    chosen = choose_form(preds)
+    many_sizes = len(set(cast.size)) >= 4
+
+    def score_all(taus: dict) -> pd.DataFrame:
+        records: list[dict] = []
+        for form in usable:
+            for h in holdouts(cast, form):
+                records += score_holdout(form, h, cast, kd, heldout_draws, level, seed,
+                                         taus.get((form, h.name), 0.0))
+            if FORMS[form].per_size and many_sizes:
+                records += _note_rows(form, Holdout("size", "leave one size out"),
+                                      "fitted per size: cannot predict an unseen size")
+        return predictions_frame(records)
+
+    # Two passes: residuals without the extrapolation term, then each split's interval with the
+    # term learned from the form's other splits (same seeds: the same fits and draws).
+    first = score_all({})
+    taus = _taus(first, level)
+    preds = score_all(taus) if any(v > 0 for v in taus.values()) else first
+    bad = unidentified_forms(cast, usable)
+    chosen = choose_form(preds, bad)
     data = {**base, "data_hash": cast.digest(), "cast_runs": len(cast), "forms": usable,
-            "excluded": excluded, "chosen": chosen,
-            "chosen_by": "lowest mean held-out PPL ARE predicting the largest budget from "
-                         "budgets <= D/2 and <= D/4",
+            "excluded": {**excluded, **bad}, "chosen": chosen,
+            "chosen_by": "lowest mean held-out loss ARE predicting the largest budget on the "
+                         "D/2 and D/4 splits every candidate form fitted identifiably",
             "heldout": _records(preds)}
     law = None
     if chosen is not None:
@@ -232,9 +240,14 @@ def run_study(rows: pd.DataFrame, draws: int = 1000, heldout_draws: int = 200,
             data["error"] = f"the chosen form {chosen} did not fit all cast runs ({err})"
             return Study(data, None, cast)
         boot = bootstrap(fit, cast, draws=draws, seed=seed)
+        t = _scored_total(preds)
+        t = t[(t["form"] == chosen) & t["sd"].notna()]
+        boot.tau = calibrate_tau(np.log(np.log(t["actual"])) - np.log(np.log(t["pred"])),
+                                 t["sd"], t["distance"], level) if len(t) else 0.0
         data.update({"params": param_summary(fit, boot, level), "fit": fit_to_json(fit),
                      "bootstrap": {"draws": boot.draws, "failed": boot.failed,
-                                   "sigma": boot.sigma, "noise_source": boot.noise_source}})
+                                   "sigma": boot.sigma, "noise_source": boot.noise_source,
+                                   "tau": boot.tau}})
         law = Law(fit, boot, cast.sizes(), level)
     return Study(data, law, cast)
 

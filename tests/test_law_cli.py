@@ -53,7 +53,11 @@ def test_fit_law_writes_law_json_and_figures(fitted):
     for s in law["params"].values():
         assert s["lo"] <= s["value"] <= s["hi"] or not np.isfinite(s["lo"])
     assert [r["form"] for r in law["heldout"]] == ["chinchilla"]
-    assert law["heldout"][0]["tokens_points"] == 36  # 3 expanding-window splits: 18 + 12 + 6
+    # two fixed splits (D/2, D/4) predicting the 6 runs at the top budget; 3 sizes leave 2 to
+    # train on without one, too few for leave-one-size-out
+    assert law["heldout"][0]["tokens_points"] == 12 and law["heldout"][0]["size_points"] == 0
+    assert law["heldout"][0]["tokens_splits"] == 2
+    assert len(law["checksum"]) == 64
     for name in ("pred_vs_actual.png", "ppl_vs_tokens.png", "residuals_vs_extrapolation.png"):
         assert (fitted / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -77,13 +81,14 @@ def test_predict_round_trip_tokens_ppl_tokens(fitted, capsys):
 def test_heldout_table_scores_forms_and_chooses_by_heldout_error():
     table = heldout_table(store_frame(), forms=["kd_gap", "loglinear", "frantar"], draws=0)
     rows = table.set_index("form")
-    assert rows.loc["kd_gap", "tokens_points"] == 36 and rows.loc["kd_gap", "size_points"] == 30
+    assert rows.loc["kd_gap", "tokens_points"] == 12 and rows.loc["kd_gap", "size_points"] == 0
     assert rows.loc["loglinear", "size_points"] == 0  # per-size: no leave-one-size-out
     assert "3 sparsity levels" in rows.loc["frantar", "note"]
-    best = table.dropna(subset=["tokens_are"]).sort_values("tokens_are")["form"].iloc[0]
+    # both forms scored on both splits: chosen by the lower held-out loss error
+    best = table.dropna(subset=["tokens_are"]).sort_values("tokens_loss_are")["form"].iloc[0]
     assert table.loc[table["chosen"], "form"].tolist() == [best]
     # the data come from a kd_gap law: it must beat the no-floor per-size form
-    assert rows.loc["kd_gap", "tokens_are"] < rows.loc["loglinear", "tokens_are"]
+    assert rows.loc["kd_gap", "tokens_loss_are"] < rows.loc["loglinear", "tokens_loss_are"]
 
 
 def test_predict_target_below_asymptote_says_so(fitted, capsys):
@@ -110,7 +115,7 @@ MAP = ["--n-col", "N", "--d-col", "D", "--loss-col", "L"]
 
 @pytest.mark.parametrize("rows, form, needle", [
     ({"N": [1e6, 2e6, 3e6], "D": [1e6, 2e6, 4e6], "L": [4.0, 3.8, 3.7]}, "chinchilla",
-     "5 parameters but only 3 points"),
+     "5 parameters need at least 7 points, got 3"),
     ({"N": [1e6, 2e6, 3e6, 4e6] * 2, "D": [1e7] * 8, "L": [4, 3.9, 3.8, 3.7] * 2}, "chinchilla",
      "distinct token budgets"),
     ({"N": [1e6] * 4, "D": [1e6, 2e6, 4e6, 8e6], "L": [4.0, np.nan, 3.8, 3.7]}, "loglinear",
@@ -144,3 +149,87 @@ def test_empty_store_is_one_line_error(tmp_path, capsys):
     (tmp_path / "results").mkdir()
     code, _, err = run(["fit-law", str(tmp_path / "results")], capsys)
     assert code == 2 and err.count("\n") == 1 and "results" in err
+
+
+def test_law_json_edited_or_relabelled_is_refused(fitted, tmp_path, capsys):
+    law = json.loads((fitted / "law.json").read_text())
+    relabelled = {**law, "form": "power_d", "fit": {**law["fit"], "form": "power_d"}}
+    (tmp_path / "r.json").write_text(json.dumps(relabelled))
+    code, _, err = run(["predict", "--law", str(tmp_path / "r.json"), "--model", "s1m",
+                        "--tokens", "5M"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "does not match its checksum" in err
+    del relabelled["checksum"]  # no checksum: the form must still agree with the parameters
+    (tmp_path / "r.json").write_text(json.dumps(relabelled))
+    code, _, err = run(["predict", "--law", str(tmp_path / "r.json"), "--model", "s1m",
+                        "--tokens", "5M"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "not a castlab law.json" in err
+    unknown = {**relabelled, "fit": {**law["fit"], "form": "cubic"}}
+    (tmp_path / "r.json").write_text(json.dumps(unknown))
+    code, _, err = run(["predict", "--law", str(tmp_path / "r.json"), "--model", "s1m",
+                        "--tokens", "5M"], capsys)
+    assert code == 2 and "unknown form 'cubic'" in err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--law", "DIR", "--model", "s1m", "--tokens", "5M"], "is a directory"),
+    (["--law", "LAW", "--n", "nan", "--tokens", "5M"], "--n: got nan"),
+    (["--law", "LAW", "--n", "inf", "--tokens", "5M"], "--n: got inf"),
+    (["--law", "LAW", "--model", "s1m", "--tokens", "1e400"], "--tokens"),
+])
+def test_predict_bad_arguments_are_one_line_errors(fitted, capsys, extra, needle):
+    argv = [{"DIR": str(fitted), "LAW": str(fitted / "law.json")}.get(a, a) for a in extra]
+    code, _, err = run(["predict", *argv], capsys)
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+
+
+def test_predict_huge_budget_and_tiny_size_stay_finite(fitted, capsys):
+    code, out, _ = run(["predict", "--law", str(fitted / "law.json"), "--n", "1e-3",
+                        "--tokens", "1e15", "--json"], capsys)
+    assert code == 0
+    p = json.loads(out)["predictions"][0]
+    assert all(np.isfinite(p[k]) for k in ("ppl", "ppl_lo", "ppl_hi", "loss"))
+
+
+def test_fit_law_bad_inputs_refused_before_fitting(tmp_path, capsys):
+    good = external(tmp_path, {"N": [1e6] * 6, "D": [1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7],
+                               "L": [4, 3.9, 3.8, 3.7, 3.65, 3.6]})
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        ([good, *MAP, "--out", str(tmp_path / "afile")], "--out: "),
+        ([good, *MAP, "--out", str(tmp_path / "afile" / "sub")], "is a file"),
+        ([good, *MAP, "--heldout-draws", "-5"], "--heldout-draws: got -5"),
+    ]
+    (tmp_path / "empty.csv").write_text("")
+    cases.append(([str(tmp_path / "empty.csv"), *MAP], "the table is empty"))
+    (tmp_path / "garbage.parquet").write_bytes(b"not a parquet file at all")
+    cases.append(([str(tmp_path / "garbage.parquet"), *MAP], "not a readable parquet table"))
+    blank = tmp_path / "blank.csv"
+    pd.DataFrame({"N": [1e6, 2e6], "D": [1e6, 2e6], "L": [4.0, 3.9],
+                  "size": ["a", None]}).to_csv(blank, index=False)
+    cases.append(([str(blank), *MAP, "--size-col", "size"], "size: 1 of 2 rows are blank"))
+    ppl = external(tmp_path, {"N": [1e6] * 4, "D": [1e6, 2e6, 4e6, 8e6], "L": [90, 80, 75, 72]})
+    cases.append(([ppl, *MAP], "pass --loss-is-ppl"))
+    for argv, needle in cases:
+        code, out, err = run(["fit-law", *argv], capsys)
+        assert code == 2 and err.count("\n") == 1 and needle in err, (argv, err)
+        assert "Traceback" not in err and "chosen form" not in out
+
+
+def test_few_points_law_says_plainly_there_is_no_interval(tmp_path, capsys):
+    # fit-law refuses fits without 2 residual degrees of freedom, so the law a fit with none
+    # would store (sigma NaN) is made from a fitted one; predict must say why there is no band.
+    rows = {"N": [1e6] * 5, "D": [1e6, 2e6, 4e6, 8e6, 1.6e7], "L": [4.0, 3.9, 3.82, 3.75, 3.7]}
+    path = external(tmp_path, rows)
+    code, _, err = run(["fit-law", path, *MAP, "--form", "loglinear", "--out",
+                        str(tmp_path / "law"), "--no-plots", "--heldout-draws", "0",
+                        "--draws", "100"], capsys)
+    assert code == 0, err
+    law = json.loads((tmp_path / "law" / "law.json").read_text())
+    law["bootstrap"]["sigma"] = float("nan")  # what a fit with no residual dof stores
+    del law["checksum"]
+    (tmp_path / "nan.json").write_text(json.dumps(law))
+    code, out, _ = run(["predict", "--law", str(tmp_path / "nan.json"), "--model",
+                        law["fit"]["groups"][0], "--tokens", "64M", "--target-ppl", "40"], capsys)
+    assert code == 0
+    assert "nan" not in out and "no interval:" in out and "run noise cannot be estimated" in out
+    assert "asymptote PPL 1" not in out and "this form has no floor" in out

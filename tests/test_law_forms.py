@@ -79,6 +79,10 @@ TOL = {
                "beta": ("abs", 0.03)},
     "frantar": {"a_S": ("rel", 0.12), "b_S": ("abs", 0.03), "c_S": ("rel", 0.07),
                 "b_N": ("abs", 0.01), "a_D": ("rel", 0.13), "b_D": ("abs", 0.02), "c": ("rel", 0.01)},
+    # the floor-anchored joint forms (issue 14): one shared (gamma, beta), no free floor
+    "teacher_add": {"C": ("rel", 0.6), "gamma": ("abs", 0.03), "beta": ("abs", 0.03)},
+    "teacher_mul": {"C": ("rel", 0.6), "gamma": ("abs", 0.03), "beta": ("abs", 0.03)},
+    "kd_ratio": {"C": ("rel", 0.6), "gamma": ("abs", 0.03), "beta": ("abs", 0.03)},
 }
 WIDE = tuple(1e6 * 2.0**k for k in range(12))
 
@@ -110,6 +114,18 @@ def test_heldout_budgets_predicted_within_one_percent(name):
     are = np.abs(pred_ppl / true_ppl - 1)
     assert are.mean() < 0.01, f"{name}: mean held-out PPL error {are.mean():.4f}"
     assert are.max() < 0.02, f"{name}: max held-out PPL error {are.max():.4f}"
+
+
+def test_anchored_forms_match_their_formulas_by_hand():
+    sc = Scales(2.0e6, 5.0e7)
+    x = Inputs(np.log(np.array([1e5, 3e6]) / sc.n0), np.log(np.array([2e6, 8e8]) / sc.d0),
+               np.zeros(2), np.array([4.0, 3.2]), np.array([4.1, 3.3]))
+    v = {"C": 500.0, "gamma": 0.25, "beta": 0.45}
+    t = 500.0 * np.array([1e5, 3e6]) ** -0.25 * np.array([2e6, 8e8]) ** -0.45
+    for name, want in (("teacher_add", x.ldense + t), ("teacher_mul", x.ldense * (1 + t)),
+                       ("kd_ratio", x.lkd * (1 + t))):
+        got = np.exp(FORMS[name].log_loss(FORMS[name].internal(v, sc), x))
+        np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=name)
 
 
 def test_rescaling_is_geometric_mean():

@@ -204,8 +204,9 @@ def test_heldout_summary_and_law_targets():
 
 def test_choose_form_prefers_lowest_error_on_most_points():
     preds = lawstudy.predictions_frame(STUDY["heldout"])
-    # power_d: mean ARE over D/2 + D/4 = (1 + 3 + 1) / 3 %; loglinear: 1% but on 2 points only.
-    assert lawstudy.choose_form(preds) == "power_d"
+    # Compared only on the split both forms scored (D/4): power_d (1 + 3) / 2 % against
+    # loglinear's 1% (castlab.law.validate.choose_form; issue 14 bug 3).
+    assert lawstudy.choose_form(preds) == "loglinear"
     assert lawstudy.choose_form(preds[preds["scheme"] == "D/4"]) == "loglinear"
     assert lawstudy.choose_form(preds[preds["scheme"] == "size"]) is None
 
@@ -240,11 +241,11 @@ def test_holdouts_masks():
     pts = Points(n=np.repeat([1e3, 1e4, 1e5], 4), d=d, loss=np.ones(12), s=np.zeros(12),
                  ldense=np.ones(12), lkd=np.ones(12), size=size, seed=np.zeros(12, int))
     hs = lawstudy.holdouts(pts, "chinchilla")
-    assert [h.scheme for h in hs] == ["D/2", "D/4", "size", "size", "size"]
+    # 3 sizes: leaving one out would train on 2, too few (issue 14): token splits only
+    assert [h.scheme for h in hs] == ["D/2", "D/4"]
     assert list(hs[0].train(pts)[:4]) == [True, True, True, False]
     assert list(hs[1].train(pts)[:4]) == [True, True, False, False]
     assert list(hs[1].test(pts, 8008.0)[:4]) == [False, False, False, True]
-    assert list(hs[3].train(pts)) == [s != "s2" for s in size]
     assert [h.scheme for h in lawstudy.holdouts(pts, "power_d")] == ["D/2", "D/4"]
 
 
@@ -360,7 +361,9 @@ def test_companion_study_is_fitted_stored_rendered_and_hash_checked(tmp_path, ca
     text = (tmp_path / "R.md").read_text()
     assert "## Long-budget companion" in text
     rows, study = companion_study(long)
-    assert study["results"] == long.as_posix() and study["forms"] == ["power_d", "loglinear"]
+    # opt-b has 3 cast runs: too few for power_d (5 points) or loglinear (4) since issue 14's
+    # identifiability rules, so the companion study is stored with no usable form
+    assert study["results"] == long.as_posix() and study["forms"] == []
     shipped = report.parse_blocks(text)
     assert shipped["companion-headline"] == tables.markdown(tables.headline_table(rows))
     assert shipped["companion-heldout-total"] == tables.markdown(tables.heldout_table(study, "total"))

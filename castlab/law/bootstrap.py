@@ -1,9 +1,14 @@
-"""Uncertainty: bootstrap over runs, a seed-noise term, and prediction / parameter intervals.
+"""Uncertainty: bootstrap over runs, a seed-noise term, an extrapolation term, and intervals.
 
 A draw resamples runs with replacement within each model size (so every size stays present) and
-refits from the full-data optimum; it is expressed as per-run multiplicities, so no data is
-copied. Prediction intervals add the run-to-run noise of one new run: the pooled spread of ln L
-across seeds where runs were repeated, otherwise the robust spread of the fit's residuals.
+refits from a jittered start near the full-data optimum; only when that end is worse than the
+optimum itself (scored on the draw's weights) is a second refit started at the optimum, and the
+better kept (ties: the jittered end). Along a flat direction of the objective the draws then
+spread out instead of all staying at the optimum. Draws are per-run multiplicities (no copies).
+Prediction intervals add the run-to-run noise of one new run (the pooled spread of ln L across
+repeated seeds, rows deduplicated and sizes told apart by exact N; otherwise the RMS residual
+with a degrees-of-freedom correction) and the form's extrapolation error: ``tau`` (sd of ln L per
+decade beyond the fitted budgets and sizes), learned from held-out residuals (validate.py).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from castlab.law.fit import Fit, FitOptions, fit_form, single_thread_blas
+from castlab.law.fit import Fit, FitOptions, fit_form, objective_at, single_thread_blas
 from castlab.law.points import Points
 
 DEFAULT_DRAWS = 1000
@@ -35,6 +40,19 @@ class Bootstrap:
     seconds: float
     sigma: float  # sd of ln L of one run around the law
     noise_source: str  # 'seeds' or 'residuals'
+    tau: float = 0.0  # extrapolation sd of ln L per decade beyond the data (0: not calibrated)
+    d_seen: float = float("inf")  # largest fitted budget D
+    n_seen: tuple = ()  # fitted model sizes N
+
+    def distance(self, pts: Points) -> np.ndarray:
+        """Decades (log10) beyond the fitted budgets plus decades to the nearest fitted size."""
+        dd = np.maximum(0.0, np.log10(pts.d / self.d_seen)) if np.isfinite(self.d_seen) \
+            else np.zeros(len(pts))
+        if not self.n_seen:
+            return dd
+        ln = np.log10(np.asarray(self.n_seen, dtype=np.float64))
+        dn = np.min(np.abs(np.log10(pts.n)[:, None] - ln[None, :]), axis=1)
+        return dd + dn
 
 
 def resample_weights(pts: Points, rng: np.random.Generator) -> np.ndarray:
@@ -47,20 +65,25 @@ def resample_weights(pts: Points, rng: np.random.Generator) -> np.ndarray:
 
 
 def seed_noise(fit: Fit, pts: Points) -> tuple[float, str]:
-    """Sd of ln L of a single run: pooled over repeated seeds, else 1.4826 * MAD of residuals;
-    NaN when neither exists (no repeated seeds and no more runs than fitted parameters)."""
-    keys = np.array([f"{a}|{b:.6g}|{c:.6g}" for a, b, c in zip(pts.size, pts.d, pts.s, strict=True)])
+    """Sd of ln L of a single run: pooled over repeated seeds (identical rows counted once, a
+    cell keyed by exact N, D and sparsity), else the RMS residual with a degrees-of-freedom
+    correction; NaN when neither exists (no repeats, no more runs than fitted parameters)."""
+    cells: dict[tuple, set] = {}
+    for n, d, s, loss in zip(pts.n, pts.d, pts.s, pts.loss, strict=True):
+        cells.setdefault((float(n), float(d), float(s)), set()).add(float(loss))
     ss, dof = 0.0, 0
-    for k in np.unique(keys):
-        y = np.log(pts.loss[keys == k])
-        if len(y) >= 2:
+    for vals in cells.values():
+        if len(vals) >= 2:
+            y = np.log(np.fromiter(vals, np.float64))
             ss, dof = ss + float(((y - y.mean()) ** 2).sum()), dof + len(y) - 1
     if dof > 0:
         return float(np.sqrt(ss / dof)), "seeds"
-    if len(pts) <= fit.theta.size:  # an exactly determined fit leaves zero residuals
+    p = fit.theta.size
+    if len(pts) <= p:  # an exactly determined fit leaves zero residuals
         return float("nan"), "none: no repeated seeds and no residual degrees of freedom"
     r = np.log(pts.loss) - fit.predict_log(pts)
-    return float(1.4826 * np.median(np.abs(r - np.median(r)))), "residuals"
+    # The Huber fit is near-L1 (many residuals exactly 0), so a MAD would be far too small.
+    return float(np.sqrt(np.sum(r**2) / (len(pts) - p))), "residuals"
 
 
 def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
@@ -69,11 +92,15 @@ def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     thetas, dense, failed = [], [], 0
+    opt = options or BOOT_OPTIONS
     with single_thread_blas():
         for _ in range(draws):
-            f = fit_form(fit.form, pts, weights=resample_weights(pts, rng), warm=fit,
-                         options=options or BOOT_OPTIONS)
-            if not f.converged or (f.dense is not None and not f.dense.converged):
+            w = resample_weights(pts, rng)
+            jit = fit_form(fit.form, pts, weights=w, warm=_jittered(fit, rng), options=opt)
+            f = jit
+            if not (_ok(jit) and jit.objective <= objective_at(fit, pts, w) + 1e-12):
+                f = _best_of(fit_form(fit.form, pts, weights=w, warm=fit, options=opt), jit)
+            if f is None:
                 failed += 1
                 continue
             thetas.append(f.theta)
@@ -82,7 +109,34 @@ def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
     sigma, source = seed_noise(fit, pts)
     p = fit.theta.shape
     return Bootstrap(np.array(thetas).reshape((-1,) + p), np.array(dense) if dense else None,
-                     draws, failed, seed, time.perf_counter() - t0, sigma, source)
+                     draws, failed, seed, time.perf_counter() - t0, sigma, source,
+                     d_seen=float(pts.d.max()), n_seen=tuple(float(v) for v in np.unique(pts.n)))
+
+
+JITTER = 0.3  # sd of the second start around the optimum, in internal (O(1)) parameters
+
+
+def _jittered(fit: Fit, rng: np.random.Generator) -> Fit:
+    """``fit`` moved to a random nearby start (the dense curve too), for the second refit."""
+    from dataclasses import replace
+
+    dense = None if fit.dense is None else _jittered(fit.dense, rng)
+    return replace(fit, theta=fit.theta + JITTER * rng.standard_normal(fit.theta.shape),
+                   dense=dense)
+
+
+def _ok(f: Fit) -> bool:
+    return f.converged and (f.dense is None or f.dense.converged)
+
+
+def _best_of(warm: Fit, jit: Fit) -> Fit | None:
+    """The jittered refit unless the warm one is strictly better (ties: the jittered end, so flat
+    directions show up as spread); None when neither converged."""
+    if not _ok(jit):
+        return warm if _ok(warm) else None
+    if not _ok(warm):
+        return jit
+    return warm if warm.objective < jit.objective - 1e-9 * max(1.0, abs(warm.objective)) else jit
 
 
 def predictive_draws(fit: Fit, boot: Bootstrap, pts: Points, seed: int = 0,
@@ -95,8 +149,10 @@ def predictive_draws(fit: Fit, boot: Bootstrap, pts: Points, seed: int = 0,
     y = fit.predict_log(pts, boot.thetas, boot.dense_thetas)
     if noise and not np.isfinite(boot.sigma):
         return np.full(y.shape, np.nan)
-    if noise and boot.sigma > 0:
-        y = y + boot.sigma * np.random.default_rng(seed).standard_normal(y.shape)
+    if noise:
+        rng = np.random.default_rng(seed)
+        sd = np.sqrt(boot.sigma**2 + (boot.tau * boot.distance(pts)) ** 2)
+        y = y + sd * rng.standard_normal(y.shape)
     return y
 
 

@@ -22,6 +22,7 @@ from castlab.law.validate import (
     choose_form,
     heldout_predictions,
     summarize,
+    unidentified_forms,
 )
 
 
@@ -57,7 +58,8 @@ def register(subparsers) -> None:
         description="Predict validation PPL with an interval from a fitted law, or the tokens "
                     "needed to reach a target PPL.")
     q.add_argument("--law", required=True, help="law.json written by castlab fit-law")
-    q.add_argument("--model", help="a size in the law (e.g. opt-1.3m) or a count like 125M")
+    q.add_argument("--model", help="a size in the law (its law.json lists them, e.g. opt-600k "
+                                   "in the reference study) or a parameter count like 125M")
     q.add_argument("--n", type=float, help="raw parameter count N")
     q.add_argument("--tokens", help="comma-separated budgets, e.g. 5M,20M")
     q.add_argument("--target-ppl", type=float, help="tokens needed to reach this PPL")
@@ -87,14 +89,27 @@ def _pct(v: float) -> str:
     return "   -  " if not np.isfinite(v) else f"{100 * v:6.2f}%"
 
 
+def _out_dir(args, src: Path) -> Path:
+    """The output folder, checked before any fitting: an existing file there is refused."""
+    out = Path(args.out) if args.out else src.parent / f"{src.stem}-law"
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise UserError(f"--out: {p} is a file, allowed a directory (created if missing)")
+    return out
+
+
 def fit_law_command(args) -> int:
     """castlab fit-law: validate forms, fit the chosen one, bootstrap, write law.json + figures."""
     if args.draws < 100:
         raise UserError(f"--draws: got {args.draws}, allowed >= 100 (default 1000)")
+    if args.heldout_draws < 0:
+        raise UserError(f"--heldout-draws: got {args.heldout_draws}, allowed >= 0 "
+                        f"(0: no held-out intervals; default {HELDOUT_DRAWS})")
     if not 0 < args.level < 1:
         raise UserError(f"--level: got {args.level}, allowed 0 < level < 1")
     src = Path(args.path)
     cols = _columns(args)
+    out = _out_dir(args, src)
     pts = points_from_frame(read_table(src), args.method, cols, where=str(src))
     if args.form == "auto":
         forms, excluded = candidate_forms(pts)
@@ -106,26 +121,38 @@ def fit_law_command(args) -> int:
     what = f"method {args.method}" if cols is None else "mapped columns"
     print(f"castlab fit-law: {len(pts)} runs ({what}), {len(set(pts.size))} sizes, "
           f"{len(np.unique(pts.d))} budgets from {src}")
-    preds = heldout_predictions(pts, forms, args.heldout_draws, args.level, args.seed)
+    taus: dict[str, float] = {}
+    preds = heldout_predictions(pts, forms, args.heldout_draws, args.level, args.seed, taus)
     table = summarize(preds, forms)
-    chosen = choose_form(table) if args.form == "auto" else args.form
-    _print_table(table, excluded, args)
+    bad = unidentified_forms(pts, forms) if args.form == "auto" else {}
+    common: list[str] = []
+    if args.form == "auto":
+        chosen, common = choose_form(preds, forms, bad)
+    else:
+        chosen = args.form
+    _print_table(table, {**excluded, **bad}, args)
     fit = fit_form(chosen, pts)
+    if fit.on_bound:
+        print(f"warning: form {chosen} is not identified by these runs: "
+              f"{', '.join(fit.on_bound)} ended on a bound")
     if args.draws < DEFAULT_DRAWS:
         print(f"note: {args.draws} bootstrap draws (< {DEFAULT_DRAWS}): interval ends are rough")
     boot = bootstrap(fit, pts, draws=args.draws, seed=args.seed)
+    boot.tau = float(taus.get(chosen, 0.0))
     summary = param_summary(fit, boot, args.level)
-    print(f"\nchosen form: {chosen} ({FORMS[chosen].description}) - "
-          + ("lowest held-out PPL error over tokens" if args.form == "auto" else "given by --form"))
+    how = (f"lowest held-out loss error on the splits every candidate fitted ({', '.join(common)})"
+           if args.form == "auto" else "given by --form")
+    print(f"\nchosen form: {chosen} ({FORMS[chosen].description}) - {how}")
     print(f"parameters ({args.level:.0%} bootstrap intervals, {args.draws} draws, {boot.failed} "
           f"unconverged, {boot.seconds:.1f} s):")
     for name, s in summary.items():
         print(f"  {name:>16} = {_fmt(s['value']):>10}  [{_fmt(s['lo'])}, {_fmt(s['hi'])}]")
     print(f"  in-sample Huber objective {fit.objective:.6g}; run noise sd(ln L) = {boot.sigma:.4g} "
-          f"(from {boot.noise_source})")
-    out = Path(args.out) if args.out else src.parent / f"{src.stem}-law"
+          f"(from {boot.noise_source}); extrapolation sd(ln L) = {boot.tau:.4g} per decade "
+          "(from held-out residuals)")
     out.mkdir(parents=True, exist_ok=True)
     meta = {"chosen_by": "heldout" if args.form == "auto" else "user",
+            "compared_on": common, "on_bound": fit.on_bound,
             "params": summary,
             "heldout": json.loads(table.to_json(orient="records")),
             "data": {"source": str(src), "hash": pts.digest(), "runs": len(pts),
@@ -143,17 +170,16 @@ def fit_law_command(args) -> int:
 
 
 def _print_table(table, excluded, args) -> None:
-    print(f"\nheld-out PPL error per form ({args.level:.0%} intervals from {args.heldout_draws} "
-          "draws per split):")
-    print(f"{'form':<11}| {'tokens: ARE':>12} {'bias':>8} {'cover':>8} {'pts':>4} "
-          f"| {'size: ARE':>10} {'bias':>8} {'cover':>8} {'pts':>4} | note")
+    print(f"\nheld-out error per form, predicting the top budget D ({args.level:.0%} intervals "
+          f"from {args.heldout_draws} draws per split; errors in loss / PPL):")
+    print(f"{'form':<12}| {'D/2 loss':>9} {'PPL':>8} | {'D/4 loss':>9} {'PPL':>8} "
+          f"| {'size PPL':>9} | {'cover':>6} {'pts':>4} | note")
     for r in table.to_dict("records"):
-        print(f"{r['form']:<11}| {_pct(r['tokens_are']):>12} {_pct(r['tokens_bias']):>8} "
-              f"{_pct(r['tokens_coverage']):>8} {r['tokens_points']:>4} | {_pct(r['size_are']):>10} "
-              f"{_pct(r['size_bias']):>8} {_pct(r['size_coverage']):>8} {r['size_points']:>4} "
-              f"| {r['note']}")
+        print(f"{r['form']:<12}| {_pct(r['D/2_loss_are']):>9} {_pct(r['D/2_are']):>8} "
+              f"| {_pct(r['D/4_loss_are']):>9} {_pct(r['D/4_are']):>8} | {_pct(r['size_are']):>9} "
+              f"| {_pct(r['tokens_coverage']):>6} {r['tokens_points']:>4} | {r['note']}")
     for name, why in excluded.items():
-        print(f"{name:<11}| not fitted: {why}")
+        print(f"{name:<12}| not chosen: {why}")
 
 
 def _token_list(text: str) -> list[float]:
@@ -182,13 +208,16 @@ def predict_command(args) -> int:
         print()
         return 0
     for r in result.get("predictions", []):
-        print(f"{who}, {r['tokens']:.4g} tokens: PPL {r['ppl']:.4g} "
-              f"[{r['ppl_lo']:.4g}, {r['ppl_hi']:.4g}] ({r['level']:.0%}), loss {r['loss']:.4f}")
+        band = (f"[{r['ppl_lo']:.4g}, {r['ppl_hi']:.4g}] ({r['level']:.0%})"
+                if r["ppl_lo"] is not None else f"(no interval: {r['no_interval']})")
+        print(f"{who}, {r['tokens']:.4g} tokens: PPL {r['ppl']:.4g} {band}, loss {r['loss']:.4f}")
     t = result.get("target")
+    floor = ("this form has no floor" if t is not None and t["asymptote_ppl"] is None
+             else None if t is None else f"asymptote PPL {t['asymptote_ppl']:.4g}")
     if t is not None and t["reachable"]:
-        print(f"{who}: PPL {t['target_ppl']:g} needs {t['tokens']:.4g} tokens "
-              f"[{t['tokens_lo']:.4g}, {t['tokens_hi']:.4g}] ({t['level']:.0%}); "
-              f"asymptote PPL {t['asymptote_ppl']:.4g}")
+        band = (f"[{t['tokens_lo']:.4g}, {t['tokens_hi']:.4g}] ({t['level']:.0%})"
+                if t["tokens_lo"] is not None else f"(no interval: {t['no_interval']})")
+        print(f"{who}: PPL {t['target_ppl']:g} needs {t['tokens']:.4g} tokens {band}; {floor}")
     elif t is not None:
         print(f"{who}: PPL {t['target_ppl']:g} is at or below this law's asymptote "
               f"(PPL {t['asymptote_ppl']:.4g} with unlimited tokens): no budget reaches it")

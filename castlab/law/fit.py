@@ -16,7 +16,7 @@ from scipy.optimize import minimize
 from scipy.special import huber
 
 from castlab.errors import UserError
-from castlab.law.forms import FORMS, Form, Inputs, Scales
+from castlab.law.forms import FORMS, Form, Inputs, Scales, on_bounds
 from castlab.law.points import Points, check_fittable, scales_for
 
 HUBER_DELTA = 1e-3
@@ -52,7 +52,12 @@ class Fit:
     starts: int
     seconds: float
     dense: Fit | None = None  # kd_gap: the dense-kd curve its predictions are relative to
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # "on_bound": parameters that ended on a bound
+
+    @property
+    def on_bound(self) -> list[str]:
+        """Internal parameters (``name@size`` per size) that ended on a bound: not identified."""
+        return list(self.extra.get("on_bound", []))
 
     def params(self, theta: np.ndarray | None = None) -> dict[str, float]:
         """Named public parameters (``name@size`` for per-size forms)."""
@@ -174,24 +179,28 @@ def _fit_form(form_name, pts, weights, warm, scales, options) -> Fit:
     w = np.ones(len(pts)) if weights is None else np.asarray(weights, np.float64)
     x, y = pts.inputs(sc), np.log(pts.loss)
     groups = list(dict.fromkeys(pts.size)) if form.per_size else ["*"]
-    thetas, total, n_starts, msgs, ok = [], 0.0, 0, [], True
+    thetas, total, n_starts, msgs, ok, bound = [], 0.0, 0, [], True, []
     for g, label in enumerate(groups):
         m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
         xs = Inputs(x.logn[m], x.logd[m], x.s[m], x.ldense[m], x.lkd[m])
         res, k = _fit_group(form, xs, y[m], w[m], opt, None if theta0 is None else theta0[g])
+        if warm is None:  # a parameter on its box bound was not identified by the data
+            bound += [k_ if label == "*" else f"{k_}@{label}"
+                      for k_ in on_bounds(form, res.x, pts.loss[m], xs)]
         thetas.append(res.x)
         total, n_starts = total + float(res.fun), n_starts + k
         ok &= bool(res.success)
         msgs.append(str(res.message))
     dense = None
-    if form_name == "kd_gap":
+    if "lkd" in form.needs:
         twins, wt = pts.twins(), w[np.isfinite(pts.lkd)]
         if warm is not None and warm.dense is not None:
             dense = fit_form(warm.dense.form, twins, weights=wt, warm=warm.dense, options=opt)
         else:
             dense = fit_dense_curve(twins, sc, weights=wt, options=opt)
     fit = Fit(form_name, np.array(thetas), [str(g) for g in groups], sc, total, ok,
-              "; ".join(dict.fromkeys(msgs)), len(pts), n_starts, time.perf_counter() - t0, dense)
+              "; ".join(dict.fromkeys(msgs)), len(pts), n_starts, time.perf_counter() - t0, dense,
+              {"on_bound": bound} if bound else {})
     if not ok and warm is None:
         raise FitError(f"form {form_name}: the optimiser did not converge ({fit.message}); "
                        "no law reported")
@@ -200,14 +209,32 @@ def _fit_form(form_name, pts, weights, warm, scales, options) -> Fit:
 
 def fit_dense_curve(twins: Points, sc: Scales, weights=None,
                     options: FitOptions | None = None) -> Fit:
-    """The dense-kd curve L_densekd(N, D) kd_gap needs: chinchilla if identifiable, else per size."""
-    for form in ("chinchilla", "power_d", "loglinear"):
+    """The dense-kd curve L_densekd(N, D) the twin forms need: anchored on the teacher where its
+    loss is known (two budgets suffice), else chinchilla if identifiable, else per size."""
+    # One twin per cast run: the same (size, budget) twin repeats across cast seeds, so the
+    # identifiability rules count distinct twins.
+    keys = np.array([f"{a}|{b!r}" for a, b in zip(twins.size, twins.d, strict=True)])
+    distinct = twins.subset(np.unique(keys, return_index=True)[1])
+    for form in ("teacher_mul", "chinchilla", "power_d", "loglinear"):
         try:
-            check_fittable(FORMS[form], twins)
+            check_fittable(FORMS[form], distinct)
         except UserError:
             continue
         return fit_form(form, twins, weights=weights, scales=sc, options=options)
-    raise UserError("form kd_gap: too few dense-kd twins to fit the dense-kd curve")
+    raise UserError("too few dense-kd twins to fit the dense-kd curve")
+
+
+def objective_at(fit: Fit, pts: Points, weights: np.ndarray, delta: float = HUBER_DELTA) -> float:
+    """The weighted Huber objective of ``fit``'s own parameters on ``pts`` (no refit), as the
+    fitter scores it (the observed dense-kd twin, not the dense curve)."""
+    form = FORMS[fit.form]
+    x, y = pts.inputs(fit.scales), np.log(pts.loss)
+    total = 0.0
+    for g, label in enumerate(fit.groups):
+        m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
+        xs = Inputs(x.logn[m], x.logd[m], x.s[m], x.ldense[m], x.lkd[m])
+        total += float(np.dot(weights[m], huber(delta, form.log_loss(fit.theta[g], xs) - y[m])))
+    return total
 
 
 def huber_objective(form_name: str, pts: Points, public: dict[str, float],

@@ -58,6 +58,9 @@ class Form:
     per_size: bool = False  # True: one independent parameter set per model size
     uses_n: bool = False  # needs >= 2 sizes to be identified
     min_budgets: int = 2  # distinct token budgets needed (per size for per-size forms)
+    # Parameters of the D-dependent term(s) (amplitude, exponent): a fit needs one more distinct
+    # budget than this, or the D-curve is exactly determined (or flat) in them.
+    d_params: int = 1
     min_sparsities: int = 1
     needs: tuple[str, ...] = ()  # extra inputs: 'ldense', 'lkd', 's'
 
@@ -112,6 +115,7 @@ class Chinchilla(Form):
     description = "L = E + A/N^alpha + B/D^beta"
     params = ("e", "a", "b", "alpha", "beta")  # E = e^e, A = e^a N0^alpha, B = e^b D0^beta
     uses_n = True
+    d_params = 2
 
     def bounds(self, loss, x):
         top = float(np.log(10 * loss.max()))
@@ -148,6 +152,7 @@ class PowerD(Form):
     params = ("l", "b", "beta")  # L_inf = e^l, B = e^b D0^beta
     per_size = True
     min_budgets = 3
+    d_params = 2
 
     def bounds(self, loss, x):
         top = float(np.log(10 * loss.max()))
@@ -237,6 +242,7 @@ class DenseGap(_GapParams, Form):
     description = "L = L_dense(N) + G_inf + C*N^-gamma*D^-beta"
     params = ("g", "c", "gamma", "beta")  # C = e^c N0^gamma D0^beta
     uses_n = True
+    d_params = 2
     needs = ("ldense",)
 
     def bounds(self, loss, x):
@@ -266,6 +272,7 @@ class KdGap(_GapParams, Form):
     description = "ln L - ln L_densekd(N,D) = G_inf + C*N^-gamma*D^-beta"
     params = ("g", "c", "gamma", "beta")  # C = e^c N0^gamma D0^beta
     uses_n = True
+    d_params = 2
     needs = ("lkd",)
 
     def bounds(self, loss, x):
@@ -295,6 +302,7 @@ class Frantar(Form):
     # a_S = e^p N0^b_N, c_S = e^q N0^b_N, a_D = D0 e^(k / b_D), c = e^e
     params = ("p", "b_S", "q", "b_N", "k", "b_D", "e")
     uses_n = True
+    d_params = 2
     min_sparsities = 3
     needs = ("s",)
 
@@ -333,9 +341,104 @@ class Frantar(Form):
                          v["b_D"] * (np.log(v["a_D"]) - np.log(sc.d0)), v["b_D"], np.log(v["c"])])
 
 
+class _Anchored(Form):
+    """Floor-anchored joint forms: ln L = ln F + h(T), T = C N^-gamma D^-beta with one exponent
+    pair shared by every size, the floor F given per run (teacher or dense-kd twin loss), so the
+    D-curve needs only two budgets (beta from their ratio, C from the level). Subclasses choose
+    F (``needs``) and h (additive excess over the floor, or a relative one)."""
+
+    params = ("c", "gamma", "beta")  # C = e^c N0^gamma D0^beta
+    uses_n = True
+    relative = True  # h(T) = ln(1 + T); False: L = F + T
+
+    def floor(self, x: Inputs) -> np.ndarray:
+        """The anchor F per point (nats/token)."""
+        raise NotImplementedError
+
+    def bounds(self, loss, x):
+        return [(-30.0, float(np.log(10 * loss.max()))), (-1.0, 3.0), (0.0, 3.0)]
+
+    def starts(self, loss, x):
+        f = self.floor(x)
+        excess = (loss / f - 1) if self.relative else (loss - f)
+        pos = excess[excess > 0]
+        lvl = float(np.median(pos)) if len(pos) else 1e-3 * float(np.median(loss))
+        return _grid(np.log(lvl * np.array([0.3, 1.0, 3.0])), [0.0, 0.3, 1.0], [0.1, 0.3, 0.6, 1.2])
+
+    def log_loss(self, theta, x, jac=False):
+        c, ga, be = (_col(theta, i) for i in range(3))
+        f = self.floor(x)
+        with np.errstate(over="ignore"):
+            t = np.exp(np.minimum(c - ga * x.logn - be * x.logd, 700.0))
+        if self.relative:
+            y, dt = np.log(f) + np.log1p(t), t / (1 + t)
+        else:
+            total = f + t
+            y, dt = np.log(total), t / total
+        if not jac:
+            return y
+        return y, np.stack([dt, -dt * x.logn, -dt * x.logd], axis=-1)
+
+    def public(self, theta, sc):
+        c, ga, be = map(float, theta)
+        return {"C": np.exp(c) * sc.n0**ga * sc.d0**be, "gamma": ga, "beta": be}
+
+    def internal(self, v, sc):
+        c = np.log(v["C"]) - v["gamma"] * np.log(sc.n0) - v["beta"] * np.log(sc.d0)
+        return np.array([c, v["gamma"], v["beta"]])
+
+
+class TeacherAdd(_Anchored):
+    """L = L_teacher(N) + C N^-gamma D^-beta: the dense teacher is the floor (D -> infinity)."""
+
+    name = "teacher_add"
+    description = "L = L_teacher(N) + C*N^-gamma*D^-beta"
+    needs = ("ldense",)
+    relative = False
+
+    def floor(self, x):
+        return x.ldense
+
+
+class TeacherMul(_Anchored):
+    """L = L_teacher(N) (1 + C N^-gamma D^-beta): a relative excess over the teacher."""
+
+    name = "teacher_mul"
+    description = "L = L_teacher(N)*(1 + C*N^-gamma*D^-beta)"
+    needs = ("ldense",)
+
+    def floor(self, x):
+        return x.ldense
+
+
+class KdRatio(_Anchored):
+    """L = L_densekd(N, D) (1 + C N^-gamma D^-beta): the ratio to the dense-kd twin closes with D.
+
+    Like kd_gap, predictions use the dense-kd curve fitted to the twins (the twin of an unseen
+    budget is not known)."""
+
+    name = "kd_ratio"
+    description = "L = L_densekd(N,D)*(1 + C*N^-gamma*D^-beta)"
+    needs = ("lkd",)
+
+    def floor(self, x):
+        return x.lkd
+
+
 FORMS: dict[str, Form] = {
-    f.name: f for f in (PowerD(), LogLinear(), DenseGap(), KdGap(), Chinchilla(), Frantar())
+    f.name: f for f in (PowerD(), LogLinear(), DenseGap(), KdGap(), Chinchilla(), Frantar(),
+                        TeacherAdd(), TeacherMul(), KdRatio())
 }
+
+
+def on_bounds(form: Form, theta: np.ndarray, loss: np.ndarray, x: Inputs) -> list[str]:
+    """Internal parameter names of ``theta`` (p,) that ended on a box bound: not identified."""
+    out = []
+    for name, v, (lo, hi) in zip(form.params, theta, form.bounds(loss, x), strict=True):
+        tol = 1e-6 * max(1.0, hi - lo)
+        if v <= lo + tol or v >= hi - tol:
+            out.append(name)
+    return out
 
 
 def get_form(name: str) -> Form:

@@ -10,6 +10,7 @@ import pandas as pd
 from castlab.law.bootstrap import interval, predictive_draws
 from castlab.law.points import Points
 from castlab.law.predict import Law
+from castlab.law.validate import ppl_of_log_loss
 
 FIGURES = ("pred_vs_actual.png", "ppl_vs_tokens.png", "residuals_vs_extrapolation.png")
 
@@ -36,7 +37,7 @@ def pred_vs_actual(law: Law, pts: Points, heldout: pd.DataFrame, path: Path) -> 
     """Log-log predicted vs actual PPL: in-sample fit, held-out predictions with intervals, y = x."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    actual, fitted = np.exp(pts.loss), np.exp(np.exp(law.fit.predict_log(pts)))
+    actual, fitted = np.exp(pts.loss), ppl_of_log_loss(law.fit.predict_log(pts))
     ax.scatter(actual, fitted, s=22, c="tab:blue", alpha=0.7, label="in-sample (fit on all runs)")
     ho = heldout[heldout["scheme"] == "tokens"].dropna(subset=["pred_ppl"])
     if len(ho):
@@ -47,6 +48,7 @@ def pred_vs_actual(law: Law, pts: Points, heldout: pd.DataFrame, path: Path) -> 
                     color="tab:red", ms=6, alpha=0.8, elinewidth=0.8,
                     label=f"held out (larger budgets), {law.level:.0%} interval")
     allv = np.concatenate([actual, fitted, ho["pred_ppl"].to_numpy()])
+    allv = allv[np.isfinite(allv) & (allv > 0)]
     lim = np.array([allv.min() / 1.05, allv.max() * 1.05])
     ax.plot(lim, lim, "k--", lw=1, label="y = x")
     ax.set(xscale="log", yscale="log", xlim=lim, ylim=lim, xlabel="actual validation PPL",
@@ -72,10 +74,10 @@ def ppl_vs_tokens(law: Law, pts: Points, path: Path) -> Path:
         y = law.fit.predict_log(q)
         if not np.isfinite(y).all():
             continue
-        ax.plot(d_grid, np.exp(np.exp(y)), color=c, lw=1.5)
-        if len(law.boot.thetas):
+        ax.plot(d_grid, ppl_of_log_loss(y), color=c, lw=1.5)
+        if not law.no_interval():
             lo, hi = interval(predictive_draws(law.fit, law.boot, q), law.level)
-            ax.fill_between(d_grid, np.exp(np.exp(lo)), np.exp(np.exp(hi)), color=c, alpha=0.15)
+            ax.fill_between(d_grid, ppl_of_log_loss(lo), ppl_of_log_loss(hi), color=c, alpha=0.15)
     ax.axvline(pts.d.max(), color="grey", ls=":", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="training tokens D", ylabel="validation PPL",
            title=f"law {law.fit.form}: PPL vs tokens ({law.level:.0%} band, dotted: largest fitted D)")

@@ -13,6 +13,8 @@ from castlab.errors import UserError
 from castlab.law.forms import Form, Inputs, Scales
 
 STORE_COLUMNS = ("method", "model", "params_non_embedding", "tokens", "eval_loss", "status")
+# A loss in nats/token above this is a perplexity (ln of a 1M-token vocabulary is 13.8).
+PPL_LOOKING = 20.0
 
 
 @dataclass
@@ -70,7 +72,11 @@ class Points:
 
     def digest(self) -> str:
         """sha256 over the fitted values (order-independent), to tie a law to its data."""
-        cols = np.column_stack([self.n, self.d, self.loss, self.s, self.ldense, self.lkd])
+        # The hash keeps the twin as first defined (matched by seed, NaN elsewhere) so laws
+        # stored before the seed-mean twin still match their rows; it is a function of the same
+        # rows either way.
+        lkd = getattr(self, "digest_lkd", self.lkd)
+        cols = np.column_stack([self.n, self.d, self.loss, self.s, self.ldense, lkd])
         rows = sorted(zip(self.size.astype(str), map(tuple, np.round(cols, 12)), strict=True))
         return hashlib.sha256(repr(rows).encode()).hexdigest()
 
@@ -89,10 +95,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
         return load(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or results directory")
-    if path.suffix == ".csv":
-        return pd.read_csv(path)
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
+    try:
+        if path.suffix == ".csv":
+            return pd.read_csv(path)
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: the table is empty (no header, no rows)") from None
+    except (ValueError, OSError, pd.errors.ParserError) as err:  # ArrowInvalid is a ValueError
+        raise UserError(f"{path}: not a readable {path.suffix[1:]} table "
+                        f"({str(err).splitlines()[0][:120]})") from None
     raise UserError(f"{path}: allowed a results directory, a .csv or a .parquet file")
 
 
@@ -142,11 +154,17 @@ def points_from_frame(df: pd.DataFrame, method: str = "cast", columns: ColumnMap
         ldense=_floats(rows, "teacher_eval_loss") if "teacher_eval_loss" in rows else np.full(n, np.nan),
         lkd=np.full(n, np.nan), size=rows["model"].astype(str).to_numpy(), seed=seed)
     twins = ok[ok["method"] == "dense-kd"]
-    if method != "dense-kd" and not twins.empty and "seed" in twins:
-        key = ["model", "tokens", "seed"]
-        kd = twins.groupby(key)["eval_loss"].mean()
-        pts.lkd = np.array([kd.get((m, t, s), np.nan) for m, t, s in
-                            zip(rows["model"], rows["tokens"], rows["seed"], strict=True)], dtype=float)
+    if method != "dense-kd" and not twins.empty:
+        # The twin is the seed mean of the dense-kd runs at the same model and budget: studies
+        # repeat seeds for one method only, and a twin matched by seed would leave most runs bare.
+        kd = twins.groupby(["model", "tokens"])["eval_loss"].mean()
+        pts.lkd = np.array([kd.get((m, t), np.nan) for m, t in
+                            zip(rows["model"], rows["tokens"], strict=True)], dtype=float)
+        by_seed = twins.groupby(["model", "tokens", "seed"])["eval_loss"].mean() \
+            if "seed" in twins else {}
+        pts.digest_lkd = np.array([by_seed.get((m, t, s), np.nan) for m, t, s in zip(
+            rows["model"], rows["tokens"], rows["seed"] if "seed" in rows else [-1] * n,
+            strict=True)], dtype=float)
     return pts
 
 
@@ -154,6 +172,10 @@ def _external(df: pd.DataFrame, cm: ColumnMap, where: str) -> Points:
     _require_columns(df, (cm.n_col, cm.d_col, cm.loss_col, cm.s_col, cm.size_col), where)
     n = len(df)
     raw = _positive(_floats(df, cm.loss_col), cm.loss_col)
+    if not cm.loss_is_ppl and float(np.median(raw)) > PPL_LOOKING:
+        raise UserError(f"{cm.loss_col}: median {float(np.median(raw)):.4g} is no loss in "
+                        f"nats/token (> {PPL_LOOKING:g}); if the column holds perplexity, pass "
+                        "--loss-is-ppl")
     loss = np.log(raw) if cm.loss_is_ppl else raw
     if cm.loss_is_ppl:
         _positive(loss, f"{cm.loss_col} (ln of perplexity; perplexity must exceed 1)")
@@ -161,15 +183,25 @@ def _external(df: pd.DataFrame, cm: ColumnMap, where: str) -> Points:
     s = _floats(df, cm.s_col) if cm.s_col else np.zeros(n)
     if cm.s_col and not ((s >= 0) & (s < 1)).all():
         raise UserError(f"{cm.s_col}: sparsity must lie in [0, 1)")
+    if cm.size_col and df[cm.size_col].isna().any():
+        first = int(np.flatnonzero(df[cm.size_col].isna().to_numpy())[0])
+        raise UserError(f"{cm.size_col}: {int(df[cm.size_col].isna().sum())} of {n} rows are "
+                        f"blank (first at row {first}); every run needs a size label")
+    # Sizes are told apart by exact N: rounding N merged distinct models into one "size".
     size = (df[cm.size_col].astype(str).to_numpy() if cm.size_col
-            else np.array([f"N={v:.4g}" for v in nn], dtype=object))
+            else np.array([f"N={v!r}" for v in nn], dtype=object))
     return Points(n=nn, d=_positive(_floats(df, cm.d_col), cm.d_col), loss=loss, s=s,
                   ldense=np.full(n, np.nan), lkd=np.full(n, np.nan), size=size,
                   seed=np.full(n, -1))
 
 
 def check_fittable(form: Form, pts: Points) -> None:
-    """Raise a one-line UserError if ``pts`` cannot identify ``form``'s parameters."""
+    """Raise a one-line UserError if ``pts`` cannot identify ``form``'s parameters.
+
+    Rules: at least p + 2 points (p + 1 leaves one residual degree of freedom, no noise
+    estimate worth the name), one more distinct budget than the form has D-parameters, and
+    three model sizes for a form with N-terms (two sizes fit any N-exponent exactly).
+    """
     p, name = len(form.params), form.name
     if "ldense" in form.needs and not np.isfinite(pts.ldense).all():
         raise UserError(f"form {name}: needs teacher_eval_loss (the dense teacher's loss) on every run")
@@ -178,14 +210,16 @@ def check_fittable(form: Form, pts: Points) -> None:
     groups = [pts.size == g for g in dict.fromkeys(pts.size)] if form.per_size else [slice(None)]
     for g in groups:
         sub, label = pts.subset(g), (f" for size {pts.size[g][0]}" if form.per_size else "")
-        if len(sub) <= p - 1:
-            raise UserError(f"form {name}: {p} parameters but only {len(sub)} points{label}")
-        budgets = len(np.unique(sub.d))
-        if budgets < form.min_budgets:
-            raise UserError(f"form {name}: needs at least {form.min_budgets} distinct token "
+        if len(sub) < p + 2:
+            raise UserError(f"form {name}: {p} parameters need at least {p + 2} points{label}, "
+                            f"got {len(sub)}")
+        budgets, need = len(np.unique(sub.d)), max(form.min_budgets, form.d_params + 1)
+        if budgets < need:
+            raise UserError(f"form {name}: needs at least {need} distinct token "
                             f"budgets{label}, got {budgets}")
-    if form.uses_n and len(np.unique(pts.n)) < 2:
-        raise UserError(f"form {name}: needs at least 2 model sizes, got 1")
+    sizes = len(np.unique(pts.n))
+    if form.uses_n and sizes < 3:
+        raise UserError(f"form {name}: needs at least 3 model sizes, got {sizes}")
     if len(np.unique(pts.s)) < form.min_sparsities:
         raise UserError(f"form {name}: needs at least {form.min_sparsities} sparsity levels "
                         f"(--s-col), got {len(np.unique(pts.s))}")

@@ -6,6 +6,7 @@ law.json keeps the internal parameters, the rescaling and every converged bootst
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from castlab.law.bootstrap import DEFAULT_LEVEL, Bootstrap, interval, predictive
 from castlab.law.fit import Fit
 from castlab.law.forms import FORMS, Scales
 from castlab.law.points import Points
+from castlab.law.validate import LN_CLIP, exp_clipped, ppl_of_log_loss
 
 LN_D_RANGE = (0.0, np.log(1e30))  # budgets searched by --target-ppl: 1 to 1e30 tokens
 
@@ -27,6 +29,7 @@ LN_D_RANGE = (0.0, np.log(1e30))  # budgets searched by --target-ppl: 1 to 1e30 
 def fit_to_json(fit: Fit) -> dict:
     """Plain-data form of a Fit (recursive for kd_gap's dense-kd curve)."""
     return {"form": fit.form, "params": fit.params(), "theta": fit.theta.tolist(),
+            "on_bound": fit.on_bound,
             "groups": fit.groups, "scales": {"n0": fit.scales.n0, "d0": fit.scales.d0},
             "objective": fit.objective, "converged": fit.converged, "message": fit.message,
             "n_points": fit.n_points, "starts": fit.starts, "seconds": fit.seconds,
@@ -35,10 +38,24 @@ def fit_to_json(fit: Fit) -> dict:
 
 def fit_from_json(d: dict) -> Fit:
     """Inverse of ``fit_to_json``."""
-    return Fit(d["form"], np.array(d["theta"], dtype=np.float64), list(d["groups"]),
+    if d["form"] not in FORMS:
+        raise KeyError(f"unknown form {d['form']!r}")
+    theta = np.array(d["theta"], dtype=np.float64)
+    groups = list(d["groups"])
+    if theta.shape != (len(groups), len(FORMS[d["form"]].params)):
+        raise ValueError(f"theta of shape {theta.shape} does not fit form {d['form']} "
+                         f"({len(FORMS[d['form']].params)} parameters x {len(groups)} groups)")
+    return Fit(d["form"], theta, groups,
                Scales(d["scales"]["n0"], d["scales"]["d0"]), d["objective"], d["converged"],
                d["message"], d["n_points"], d["starts"], d["seconds"],
-               fit_from_json(d["dense"]) if d.get("dense") else None)
+               fit_from_json(d["dense"]) if d.get("dense") else None,
+               {"on_bound": list(d.get("on_bound", []))} if d.get("on_bound") else {})
+
+
+def checksum(d: dict) -> str:
+    """sha256 of a law's content (every key but ``checksum``), canonical JSON."""
+    body = {k: v for k, v in d.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
 
 @dataclass
@@ -58,33 +75,46 @@ class Law:
                 "fit": fit_to_json(self.fit), "sizes": self.sizes,
                 "bootstrap": {"draws": b.draws, "failed": b.failed, "seed": b.seed,
                               "seconds": b.seconds, "sigma": b.sigma,
-                              "noise_source": b.noise_source, "thetas": b.thetas.tolist(),
+                              "noise_source": b.noise_source, "tau": b.tau,
+                              "d_seen": b.d_seen, "n_seen": list(b.n_seen),
+                              "thetas": b.thetas.tolist(),
                               "dense_thetas": None if b.dense_thetas is None
                               else b.dense_thetas.tolist()},
                 **self.meta}
 
     def save(self, path: str | Path) -> None:
-        """Write law.json."""
-        Path(path).write_text(json.dumps(self.to_json(), indent=1, allow_nan=True))
+        """Write law.json with a checksum of its content (``load`` refuses an edited file)."""
+        d = json.loads(json.dumps(self.to_json(), allow_nan=True))  # as it will read back
+        d["checksum"] = checksum(d)
+        Path(path).write_text(json.dumps(d, indent=1, allow_nan=True))
 
     @classmethod
     def load(cls, path: str | Path) -> Law:
         """Read law.json; a missing or foreign file is a one-line UserError."""
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"--law: {path} is a directory; give the law.json inside it")
         try:
             d = json.loads(path.read_text())
+            if "checksum" in d and d["checksum"] != checksum(d):
+                raise UserError(f"--law: {path} does not match its checksum (edited after "
+                                "fit-law wrote it); refit with castlab fit-law")
             fit = fit_from_json(d["fit"])
+            if d.get("form", fit.form) != fit.form:
+                raise ValueError(f"form {d['form']!r} but the fit is {fit.form!r}")
             b = d["bootstrap"]
             boot = Bootstrap(np.array(b["thetas"], dtype=np.float64).reshape((-1,) + fit.theta.shape),
                              None if b["dense_thetas"] is None else np.array(b["dense_thetas"]),
                              b["draws"], b["failed"], b["seed"], b["seconds"], b["sigma"],
-                             b["noise_source"])
+                             b["noise_source"], float(b.get("tau", 0.0)),
+                             float(b.get("d_seen", float("inf"))),
+                             tuple(b.get("n_seen", ())))
         except FileNotFoundError:
             raise UserError(f"--law: {path} does not exist") from None
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
             raise UserError(f"--law: {path} is not a castlab law.json ({err})") from None
         meta = {k: v for k, v in d.items() if k not in
-                ("castlab_version", "form", "level", "fit", "sizes", "bootstrap")}
+                ("castlab_version", "form", "level", "fit", "sizes", "bootstrap", "checksum")}
         meta["castlab_version"] = d.get("castlab_version")
         return cls(fit, boot, d["sizes"], d.get("level", DEFAULT_LEVEL), meta)
 
@@ -101,8 +131,8 @@ class Law:
             except UserError:
                 raise UserError(f"--model: '{model}' is neither a size in this law "
                                 f"({', '.join(self.sizes)}) nor a parameter count like 125M") from None
-        if not n or n <= 0:
-            raise UserError(f"--n: got {n!r}, allowed a positive parameter count")
+        if n is None or not np.isfinite(n) or n <= 0:
+            raise UserError(f"--n: got {n!r}, allowed a positive, finite parameter count")
         label = next((k for k, v in self.sizes.items() if np.isclose(v["n"], n, rtol=1e-9)), "")
         if FORMS[self.fit.form].per_size and not label:
             raise UserError(f"form {self.fit.form} is fitted per size: --model must be one of "
@@ -139,11 +169,25 @@ class Law:
         y = self.fit.predict_log(q)
         if not np.isfinite(y).all():
             raise UserError("this law cannot predict at that size (its dense-kd curve is per size)")
-        lo, hi = interval(predictive_draws(self.fit, self.boot, q, seed=seed), self.level)
-        return [{"tokens": float(q.d[i]), "loss": float(np.exp(y[i])),
-                 "ppl": float(np.exp(np.exp(y[i]))), "ppl_lo": float(np.exp(np.exp(lo[i]))),
-                 "ppl_hi": float(np.exp(np.exp(hi[i]))), "level": self.level}
+        why = self.no_interval()
+        lo = hi = np.full(len(q), np.nan)
+        if not why:
+            lo, hi = interval(predictive_draws(self.fit, self.boot, q, seed=seed), self.level)
+        return [{"tokens": float(q.d[i]), "loss": float(exp_clipped(y[i])),
+                 "ppl": float(ppl_of_log_loss(y[i])),
+                 "ppl_lo": None if why else float(ppl_of_log_loss(lo[i])),
+                 "ppl_hi": None if why else float(ppl_of_log_loss(hi[i])),
+                 "no_interval": why or None, "level": self.level}
                 for i in range(len(q))]
+
+    def no_interval(self) -> str:
+        """Why this law gives no prediction interval ('' when it does)."""
+        if not len(self.boot.thetas):
+            return "no converged bootstrap refit"
+        if not np.isfinite(self.boot.sigma):
+            return (f"the law was fitted to {self.fit.n_points} runs for {self.fit.theta.size} "
+                    "parameters with no repeated seeds, so the run noise cannot be estimated")
+        return ""
 
     def tokens_for_ppl(self, target_ppl: float, q: Points) -> dict:
         """Tokens at which the law's PPL reaches ``target_ppl`` (point and bootstrap interval).
@@ -159,9 +203,12 @@ class Law:
             return self.fit.predict_log(self._at(q, u))[0] - y_target
 
         with np.errstate(all="ignore"):
-            floor = float(np.exp(np.exp(self.fit.predict_log(self._at(q, np.inf))[0])))
+            y_inf = self.fit.predict_log(self._at(q, np.inf))[0]
+        # A form without a floor (loglinear) goes to L <= 0 as D grows: no asymptote to report.
+        floor = float(ppl_of_log_loss(y_inf)) if np.isfinite(y_inf) and y_inf > -LN_CLIP \
+            else None
         out = {"target_ppl": target_ppl, "asymptote_ppl": floor, "level": self.level}
-        if not floor < target_ppl:
+        if floor is not None and not floor < target_ppl:
             return {**out, "reachable": False, "tokens": None, "tokens_lo": None, "tokens_hi": None}
         lo_u, hi_u = LN_D_RANGE
         if at(lo_u) <= 0:
@@ -169,9 +216,15 @@ class Law:
         if at(hi_u) > 0:
             raise UserError(f"--target-ppl: {target_ppl} needs more than 1e30 tokens")
         u = brentq(at, lo_u, hi_u, xtol=1e-14, rtol=4 * np.finfo(float).eps, maxiter=500)
-        lo, hi = self._token_interval(y_target, q)
+        why = self.no_interval()
+        lo = hi = None
+        if not why:
+            lo, hi = self._token_interval(y_target, q)
+            if not lo < hi:  # every refit crosses at the same budget: exactly determined
+                why, lo, hi = "every bootstrap refit gives the same budget (exactly determined)", \
+                    None, None
         return {**out, "reachable": True, "tokens": float(np.exp(u)), "tokens_lo": lo,
-                "tokens_hi": hi}
+                "tokens_hi": hi, "no_interval": why or None}
 
     def _at(self, q: Points, u) -> Points:
         p = q.subset(np.zeros(np.size(u), int))

@@ -38,7 +38,7 @@ def synthetic_points(form_name: str, public: dict[str, float], sizes: dict[str, 
         xs = Inputs(x.logn[m], x.logd[m], x.s[m], x.ldense[m], x.lkd[m])
         y[m] = form.log_loss(form.internal(vals, sc), xs)
     loss = np.exp(y + noise * rng.standard_normal(len(y)))
-    lkd = lkd_true * np.exp(noise * rng.standard_normal(len(y))) if form_name == "kd_gap" \
+    lkd = lkd_true * np.exp(noise * rng.standard_normal(len(y))) if "lkd" in form.needs \
         else np.full(len(n), np.nan)
     return Points(n=n, d=d, loss=loss, s=s, ldense=ldense, lkd=lkd,
                   size=lab.astype(object), seed=seed.astype(int))
@@ -63,6 +63,9 @@ CASES: dict[str, dict] = {
     "dense_gap": {"public": {"G_inf": 0.05, "C": 1000.0, "gamma": 0.2, "beta": 0.4},
                   "teacher": TEACHER},
     "kd_gap": {"public": {"G_inf": 0.02, "C": 200.0, "gamma": 0.1, "beta": 0.4}},
+    "teacher_add": {"public": {"C": 1000.0, "gamma": 0.2, "beta": 0.4}, "teacher": TEACHER},
+    "teacher_mul": {"public": {"C": 300.0, "gamma": 0.2, "beta": 0.4}, "teacher": TEACHER},
+    "kd_ratio": {"public": {"C": 200.0, "gamma": 0.1, "beta": 0.4}},
     "frantar": {"public": {"a_S": 300.0, "b_S": 1.5, "c_S": 100.0, "b_N": 0.4, "a_D": 2e5,
                            "b_D": 0.4, "c": 1.6},
                 "sparsities": (0.0, 0.5, 0.75, 0.875), "seeds": 1},

@@ -1,11 +1,15 @@
-"""Held-out validation: expanding window over tokens and leave-one-size-out, per form.
+"""Held-out validation on a few fixed splits, per form, and the unbiased choice of a form.
 
-For every split the form is refitted from its start grid on the training runs only (with a
-bootstrap of ``draws`` refits for the interval) and scored on the held-out runs by the absolute
-relative error (ARE) of PPL, the signed relative error of PPL (bias) and whether the held-out
-PPL fell inside the prediction interval. The default form is the one with the lowest mean ARE
-on the expanding window over tokens, the question the law is used for: "what will a larger
-budget give?".
+Splits (the same ones for `castlab fit-law` and analysis/lawstudy.py): predict the top budget D
+from the runs at budgets <= D/2 and <= D/4; on a table with many distinct budgets "the top
+budget" is the top decile of D (budgets >= its 90% quantile). Cross-size forms also leave one
+size out, only while three or more sizes remain to train on (with many sizes: the top decile of
+N). Each split refits the form on its training runs, predicts the held-out ones with a bootstrap
+interval, and the form's extrapolation term ``tau`` (sd of ln L per decade beyond the data) is
+learned conformal-style from the residuals of its *other* splits, so no held-out interval is
+calibrated on its own residuals. Forms are compared in loss (PPL alongside) on the token splits
+every candidate fitted identifiably; a form whose full-data fit leaves a parameter on its bound
+is reported but not chosen.
 """
 
 from __future__ import annotations
@@ -14,113 +18,257 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from castlab.errors import UserError
-from castlab.law.bootstrap import DEFAULT_LEVEL, bootstrap, interval, predictive_draws
+from castlab.law.bootstrap import DEFAULT_LEVEL, bootstrap
 from castlab.law.fit import fit_form
 from castlab.law.forms import FORMS
 from castlab.law.points import ColumnMap, Points, check_fittable, points_from_frame
 
-HELDOUT_DRAWS = 200  # per split; the full-data law gets the full bootstrap
+HELDOUT_DRAWS = 100  # per split; the full-data law gets the full bootstrap
+SLACK = 1.01  # budgets x2 apart can be off by step rounding
+MANY_BUDGETS = 12  # above this many distinct budgets the held-out set is a quantile bin
+MANY_SIZES = 8  # above this many sizes one split holds out the top decile of N
+TOP_QUANTILE = 0.9
+TOKEN_SCHEMES = ("D/2", "D/4")
+LN_CLIP = 50.0  # |ln L| beyond this is no loss: predictions are clipped before any exp
+COLUMNS = ["form", "scheme", "split", "size", "n", "tokens", "sparsity", "loss", "pred_loss",
+           "ppl", "pred_ppl", "lo_ppl", "hi_ppl", "distance", "rel_err", "loss_rel_err",
+           "covered", "note"]
+
+
+def exp_clipped(v):
+    """exp of ln-loss / ln-PPL values with the exponent bounded: never inf, never a warning."""
+    return np.exp(np.clip(v, -LN_CLIP, LN_CLIP))
+
+
+def ppl_of_log_loss(y):
+    """PPL = e^L from predicted ln L, bounded (a diverging prediction reads as a huge PPL)."""
+    return exp_clipped(exp_clipped(y))
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """One train/test division: a token cut (train D <= cut, test D >= test_from) or sizes."""
+
+    scheme: str  # 'D/2', 'D/4' or 'size'
+    name: str
+    cut: float | None = None
+    test_from: float | None = None
+    size: str | None = None  # leave this size out
+    n_from: float | None = None  # leave sizes with N >= n_from out
+
+    def train(self, pts: Points) -> np.ndarray:
+        """Mask of the training runs among ``pts``."""
+        if self.cut is not None:
+            return pts.d <= self.cut * SLACK
+        if self.size is not None:
+            return pts.size != self.size
+        return pts.n < self.n_from
+
+    def test(self, pts: Points, largest: float | None = None) -> np.ndarray:
+        """Mask of the held-out runs among ``pts`` (``largest`` is ignored: kept for callers)."""
+        if self.cut is not None:
+            return pts.d >= self.test_from / SLACK
+        return ~self.train(pts)
+
+
+def holdouts(pts: Points, form_name: str) -> list[Holdout]:
+    """The fixed splits for ``form_name`` on ``pts`` (see module docstring)."""
+    budgets = np.unique(pts.d)
+    top = float(budgets[-1]) if len(budgets) <= MANY_BUDGETS \
+        else float(np.quantile(pts.d, TOP_QUANTILE))
+    out = [Holdout(f"D/{k}", f"D<={top / k:,.0f} -> {top:,.0f}", cut=top / k, test_from=top)
+           for k in (2, 4)]
+    if FORMS[form_name].per_size:
+        return out
+    labels = list(dict.fromkeys(pts.size))
+    if len(labels) - 1 < 3:
+        return out
+    if len(labels) <= MANY_SIZES:
+        return out + [Holdout("size", f"without {label}", size=str(label)) for label in labels]
+    n_from = float(np.quantile(pts.n, TOP_QUANTILE))
+    return out + [Holdout("size", f"without N>={n_from:.3g}", n_from=n_from)]
+
+
+def distance(h: Holdout, train: Points, test: Points) -> np.ndarray:
+    """Decades (log10) each held-out run lies beyond the training data, in D or in N."""
+    if h.cut is not None:
+        return np.log10(test.d / train.d.max())
+    train_n = np.unique(train.n)
+    ln = np.log10(test.n)[:, None] - np.log10(train_n)[None, :]
+    return np.abs(ln).min(axis=1)
+
+
+def calibrate_tau(resid, sd, dist, level: float = DEFAULT_LEVEL) -> float:
+    """Smallest extrapolation sd per decade ``tau`` for which the intervals
+    ``+-z sqrt(sd^2 + (tau dist)^2)`` cover a conformal ``level`` share of the residuals
+    (the ceil((n + 1) level)-th smallest per-point requirement, capped at the largest)."""
+    resid, sd, dist = (np.asarray(v, np.float64) for v in (resid, sd, dist))
+    ok = np.isfinite(resid) & np.isfinite(sd) & np.isfinite(dist)
+    if not ok.any():
+        return 0.0
+    z = norm.ppf(0.5 + level / 2)
+    need = np.maximum(0.0, (resid[ok] / z) ** 2 - sd[ok] ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = np.where(need > 0, np.sqrt(need) / np.maximum(dist[ok], 1e-3), 0.0)
+    per = np.sort(per)
+    k = min(len(per), int(np.ceil((len(per) + 1) * level))) - 1
+    return float(per[k])
 
 
 @dataclass
-class Split:
-    """One train/test division of the runs."""
+class _Scored:
+    """One fitted split of one form, kept until its interval can be built with the cross tau."""
 
-    scheme: str  # 'tokens' (expanding window over D) or 'size' (leave one size out)
-    name: str
-    train: np.ndarray  # bool mask
-    test: np.ndarray  # bool mask
-    distance: np.ndarray  # per test run: decades beyond the training data (log10 ratio)
+    rows: list[dict]
+    y_param: np.ndarray | None  # (B, n) bootstrap predictions of ln L (no noise)
+    sigma: float
+    dist: np.ndarray
+    resid: np.ndarray
+    sd: np.ndarray
 
 
-def splits(pts: Points, form_name: str) -> list[Split]:
-    """Expanding window over D (>= 2 training budgets) and, for cross-size forms, leave-one-size-out."""
-    out = []
-    budgets = np.unique(pts.d)
-    for cut in budgets[1:-1]:
-        test = pts.d > cut
-        out.append(Split("tokens", f"D<={cut:.3g}", pts.d <= cut, test, np.log10(pts.d[test] / cut)))
-    labels = list(dict.fromkeys(pts.size))
-    if not FORMS[form_name].per_size and len(labels) >= 3:
-        for label in labels:
-            test = pts.size == label
-            train_n = np.unique(pts.n[~test])
-            near = train_n[np.argmin(np.abs(np.log(train_n) - np.log(pts.n[test][0])))]
-            out.append(Split("size", f"without {label}", ~test, test, np.log10(pts.n[test] / near)))
-    return out
+def _score(name: str, h: Holdout, pts: Points, draws: int, seed: int) -> _Scored | dict:
+    """Fit ``name`` on the split's training runs and predict the held-out ones (no interval yet);
+    a dict is the note row of a split that could not be fitted identifiably."""
+    train, test = pts.subset(h.train(pts)), pts.subset(h.test(pts))
+    base = {"form": name, "scheme": h.scheme, "split": h.name}
+    if not len(test) or not len(train):
+        return {**base, "note": "no held-out runs" if not len(test) else "no training runs"}
+    try:
+        check_fittable(FORMS[name], train)
+        fit = fit_form(name, train)
+    except UserError as err:
+        return {**base, "note": str(err)}
+    if fit.on_bound:
+        return {**base, "note": f"not identified: {', '.join(fit.on_bound)} on a bound"}
+    pred = np.clip(fit.predict_log(test), -LN_CLIP, LN_CLIP)
+    y_param, sigma = None, float("nan")
+    if draws > 0:
+        boot = bootstrap(fit, train, draws=draws, seed=seed)
+        sigma = boot.sigma
+        if len(boot.thetas):
+            y_param = np.clip(fit.predict_log(test, boot.thetas, boot.dense_thetas),
+                              -LN_CLIP, LN_CLIP)
+    dist = distance(h, train, test)
+    resid = np.log(test.loss) - pred
+    sd = np.full(len(test), np.nan) if y_param is None \
+        else np.sqrt(np.nanvar(y_param, axis=0) + sigma**2)
+    loss_pred = exp_clipped(pred)
+    rows = []
+    for i in range(len(test)):
+        ppl, pred_ppl = float(np.exp(test.loss[i])), float(ppl_of_log_loss(pred[i]))
+        rows.append({**base, "size": str(test.size[i]), "n": test.n[i], "tokens": test.d[i],
+                     "sparsity": test.s[i], "loss": test.loss[i], "pred_loss": loss_pred[i],
+                     "ppl": ppl, "pred_ppl": pred_ppl, "lo_ppl": np.nan, "hi_ppl": np.nan,
+                     "distance": dist[i], "rel_err": pred_ppl / ppl - 1,
+                     "loss_rel_err": loss_pred[i] / test.loss[i] - 1, "note": ""})
+    return _Scored(rows, y_param, sigma, dist, resid, sd)
+
+
+def _with_interval(s: _Scored, tau: float, level: float, seed: int) -> list[dict]:
+    """The split's rows with the level interval: bootstrap + run noise + tau * distance."""
+    if s.y_param is None or not np.isfinite(s.sigma):
+        return s.rows
+    sd = np.sqrt(s.sigma**2 + (tau * s.dist) ** 2)
+    y = s.y_param + sd * np.random.default_rng(seed).standard_normal(s.y_param.shape)
+    q = (1 - level) / 2
+    lo, hi = np.quantile(y, [q, 1 - q], axis=0)
+    for r, a, b in zip(s.rows, lo, hi, strict=True):
+        r["lo_ppl"], r["hi_ppl"] = float(ppl_of_log_loss(a)), float(ppl_of_log_loss(b))
+    return s.rows
 
 
 def heldout_predictions(pts: Points, forms=None, draws: int = HELDOUT_DRAWS,
-                        level: float = DEFAULT_LEVEL, seed: int = 0) -> pd.DataFrame:
-    """One row per (form, split, held-out run); a split a form cannot fit gets one row with a note."""
+                        level: float = DEFAULT_LEVEL, seed: int = 0,
+                        taus: dict | None = None) -> pd.DataFrame:
+    """One row per (form, split, held-out run); a split a form cannot fit gets one row with a
+    note. ``taus`` (if given) receives each form's extrapolation term from all its splits."""
     rows = []
     for name in forms or list(FORMS):
-        for sp in splits(pts, name):
-            train, test = pts.subset(sp.train), pts.subset(sp.test)
-            base = {"form": name, "scheme": sp.scheme, "split": sp.name}
-            try:
-                check_fittable(FORMS[name], train)
-                fit = fit_form(name, train)
-            except UserError as err:
-                rows.append({**base, "note": str(err)})
-                continue
-            pred = fit.predict_log(test)
-            lo = hi = np.full(len(test), np.nan)
-            if draws > 0:
-                boot = bootstrap(fit, train, draws=draws, seed=seed)
-                if len(boot.thetas):
-                    lo, hi = interval(predictive_draws(fit, boot, test, seed=seed), level)
-            ppl, pred_ppl = np.exp(test.loss), np.exp(np.exp(pred))  # pred is ln L, PPL = e^L
-            for i in range(len(test)):
-                rows.append({**base, "size": test.size[i], "n": test.n[i], "tokens": test.d[i],
-                             "sparsity": test.s[i], "loss": test.loss[i], "pred_loss": pred[i],
-                             "ppl": ppl[i], "pred_ppl": pred_ppl[i], "lo_ppl": np.exp(np.exp(lo[i])),
-                             "hi_ppl": np.exp(np.exp(hi[i])), "distance": sp.distance[i],
-                             "rel_err": pred_ppl[i] / ppl[i] - 1, "note": ""})
-    cols = ["form", "scheme", "split", "size", "n", "tokens", "sparsity", "loss", "pred_loss",
-            "ppl", "pred_ppl", "lo_ppl", "hi_ppl", "distance", "rel_err", "note"]
-    df = pd.DataFrame(rows, columns=cols)
-    num = cols[4:15]
+        scored = []
+        for h in holdouts(pts, name):
+            s = _score(name, h, pts, draws, seed)
+            if isinstance(s, dict):
+                rows.append(s)
+            else:
+                scored.append(s)
+        for k, s in enumerate(scored):  # each split's tau from the other splits' residuals
+            others = [o for j, o in enumerate(scored) if j != k]
+            tau = calibrate_tau(*_pooled(others), level=level) if others else 0.0
+            rows += _with_interval(s, tau, level, seed)
+        if taus is not None:
+            taus[name] = calibrate_tau(*_pooled(scored), level=level) if scored else 0.0
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    num = COLUMNS[4:17]
     df[num] = df[num].astype(float)
+    df["note"] = df["note"].fillna("")
     df["are"] = df["rel_err"].abs()
     inside = (df["ppl"] >= df["lo_ppl"]) & (df["ppl"] <= df["hi_ppl"])
     df["covered"] = inside.astype(float).where(df["lo_ppl"].notna())
     return df
 
 
+def _pooled(scored: list[_Scored]):
+    cat = [np.concatenate([getattr(s, k) for s in scored]) for k in ("resid", "sd", "dist")]
+    return cat[0], cat[1], cat[2]
+
+
 def summarize(pred: pd.DataFrame, forms) -> pd.DataFrame:
-    """Per form: held-out mean ARE / bias / coverage and counts for each scheme."""
+    """Per form and scheme (D/2, D/4, size; 'tokens' = D/2 and D/4 together): held-out mean
+    loss and PPL ARE, PPL bias, interval coverage, points, and notes of unfitted splits."""
     rows = []
     for name in forms:
         row: dict = {"form": name}
         notes = []
-        for scheme in ("tokens", "size"):
-            sub = pred[(pred["form"] == name) & (pred["scheme"] == scheme)]
+        for scheme, keep in (("D/2", ["D/2"]), ("D/4", ["D/4"]), ("tokens", TOKEN_SCHEMES),
+                             ("size", ["size"])):
+            sub = pred[(pred["form"] == name) & pred["scheme"].isin(keep)]
             scored = sub[sub["rel_err"].notna()]
-            row[f"{scheme}_splits"] = int(sub["split"].nunique())
+            row[f"{scheme}_splits"] = int(scored["split"].nunique())
             row[f"{scheme}_points"] = len(scored)
             row[f"{scheme}_are"] = float(scored["are"].mean()) if len(scored) else np.nan
+            row[f"{scheme}_loss_are"] = (float(scored["loss_rel_err"].abs().mean())
+                                         if len(scored) else np.nan)
             row[f"{scheme}_are_max"] = float(scored["are"].max()) if len(scored) else np.nan
             row[f"{scheme}_bias"] = float(scored["rel_err"].mean()) if len(scored) else np.nan
             cov = scored["covered"].dropna().astype(float)
             row[f"{scheme}_coverage"] = float(cov.mean()) if len(cov) else np.nan
-            skipped = sub[sub["rel_err"].isna()]
-            if len(skipped):
-                notes.append(f"{len(skipped)} {scheme} split(s) not fitted: {skipped['note'].iloc[0]}")
+            if scheme in ("D/2", "D/4", "size"):
+                skipped = sub[sub["rel_err"].isna()].drop_duplicates("split")
+                if len(skipped):
+                    notes.append(f"{scheme}: {skipped['note'].iloc[0]}")
         row["note"] = "; ".join(notes)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def choose_form(table: pd.DataFrame) -> str:
-    """The form with the lowest mean held-out ARE over tokens among those scored on every point."""
-    scored = table[table["tokens_points"] > 0]
-    if scored.empty:
-        raise UserError("no form could be validated: need at least 3 distinct token budgets")
-    full = scored[scored["tokens_points"] == scored["tokens_points"].max()]
-    return str(full.sort_values(["tokens_are", "size_are"], na_position="last")["form"].iloc[0])
+def comparable(pred: pd.DataFrame, forms) -> tuple[list[str], list[str]]:
+    """(forms, token splits) to compare on: the splits every one of ``forms`` scored; while no
+    split is common, the form with the fewest scored splits is set aside."""
+    tok = pred[pred["scheme"].isin(TOKEN_SCHEMES) & pred["rel_err"].notna()]
+    done = {f: set(tok.loc[tok["form"] == f, "split"]) for f in forms}
+    cands = [f for f in forms if done[f]]
+    while cands:
+        common = set.intersection(*(done[f] for f in cands))
+        if common:
+            return cands, sorted(common)
+        cands.remove(min(cands, key=lambda f: (len(done[f]), f)))
+    return [], []
+
+
+def choose_form(pred: pd.DataFrame, forms, unidentified=()) -> tuple[str, list[str]]:
+    """The form with the lowest mean held-out loss ARE on the common token splits (PPL ARE, then
+    the name, break ties) and those splits; forms in ``unidentified`` are not chosen."""
+    cands, common = comparable(pred, [f for f in forms if f not in set(unidentified)])
+    if not cands:
+        raise UserError("no form could be validated: no held-out split was fitted identifiably "
+                        "(too few budgets below D/2)")
+    tok = pred[pred["split"].isin(common) & pred["form"].isin(cands) & pred["rel_err"].notna()]
+    score = tok.assign(la=tok["loss_rel_err"].abs()).groupby("form")[["la", "are"]].mean()
+    return str(score.reset_index().sort_values(["la", "are", "form"])["form"].iloc[0]), common
 
 
 def candidate_forms(pts: Points, forms=None) -> tuple[list[str], dict[str, str]]:
@@ -135,6 +283,20 @@ def candidate_forms(pts: Points, forms=None) -> tuple[list[str], dict[str, str]]
     return ok, out
 
 
+def unidentified_forms(pts: Points, forms) -> dict[str, str]:
+    """Forms whose fit on all of ``pts`` fails or leaves a parameter on its bound, and why."""
+    out = {}
+    for name in forms:
+        try:
+            fit = fit_form(name, pts)
+        except UserError as err:
+            out[name] = str(err)
+            continue
+        if fit.on_bound:
+            out[name] = f"not identified: {', '.join(fit.on_bound)} on a bound"
+    return out
+
+
 def heldout_table(data: pd.DataFrame | Points, forms=None, method: str = "cast",
                   columns: ColumnMap | None = None, draws: int = HELDOUT_DRAWS,
                   level: float = DEFAULT_LEVEL, seed: int = 0) -> pd.DataFrame:
@@ -145,11 +307,17 @@ def heldout_table(data: pd.DataFrame | Points, forms=None, method: str = "cast",
     """
     pts = data if isinstance(data, Points) else points_from_frame(data, method, columns)
     usable, excluded = candidate_forms(pts, forms)
-    table = summarize(heldout_predictions(pts, usable, draws, level, seed), usable)
+    pred = heldout_predictions(pts, usable, draws, level, seed)
+    table = summarize(pred, usable)
+    bad = unidentified_forms(pts, usable)
+    for name, why in bad.items():
+        table.loc[table["form"] == name, "note"] = (
+            table.loc[table["form"] == name, "note"] + f"; all runs: {why}").str.lstrip("; ")
     if excluded:
         table = pd.concat([table, pd.DataFrame([{"form": k, "note": v} for k, v in excluded.items()])],
                           ignore_index=True)
     table["chosen"] = False
     if usable:
-        table.loc[table["form"] == choose_form(table), "chosen"] = True
+        chosen, _ = choose_form(pred, usable, bad)
+        table.loc[table["form"] == chosen, "chosen"] = True
     return table
