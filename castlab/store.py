@@ -19,12 +19,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import socket
+import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,7 +49,7 @@ LOCK_FILE = "running.json"
 STALE_AFTER_SECONDS = 600.0
 HEARTBEAT_SECONDS = 30.0
 
-RunState = Literal["done", "failed", "running", "pending"]
+RunState = Literal["done", "failed", "running", "pending", "corrupt"]
 
 # The result-row schema (ARCHITECTURE.md, "Result row schema"): column -> arrow type.
 SCHEMA: dict[str, pa.DataType] = {
@@ -94,9 +97,21 @@ SCHEMA: dict[str, pa.DataType] = {
     "torch_version": pa.string(),
     "transformers_version": pa.string(),
     "git_sha": pa.string(),
+    # what the numbers depend on besides the config (castlab.provenance); null in older rows
+    "threads": pa.int64(),
+    "cpu_capability": pa.string(),
+    "cpu_model": pa.string(),
+    "cpu_features": pa.string(),
+    "blas": pa.string(),
+    "allocator": pa.string(),
+    "numerics_env": pa.string(),
 }
 REQUIRED = ("run_id", "status")
 STATUSES = ("ok", "failed")
+# A stored row lacking one of these columns is corrupt (moved aside and redone), as is an 'ok' row
+# whose eval_loss or ppl is not a finite number: a row is what fits and checks consume. (Columns
+# added to SCHEMA later, such as eval_seconds, are not required of older rows.)
+ROW_COLUMNS = ("run_id", "status", "method", "model", "tokens", "eval_loss", "ppl")
 
 
 def _scalar(value: Any) -> Any:
@@ -194,9 +209,17 @@ def _read_result(path: Path) -> pa.Table:
         raise UserError(f"{path}: corrupt or partial result file ({err})") from None
     if table.num_rows != 1:
         raise UserError(f"{path}: expected one result row, found {table.num_rows}")
-    missing = [k for k in REQUIRED if k not in table.column_names]
+    missing = [k for k in ROW_COLUMNS if k not in table.column_names]
     if missing:
         raise UserError(f"{path}: result row lacks column '{missing[0]}'")
+    row = {k: table.column(k)[0].as_py() for k in ROW_COLUMNS}
+    if row["run_id"] in (None, "") or row["status"] not in STATUSES:
+        raise UserError(f"{path}: result row has run_id {row['run_id']!r} and status "
+                        f"{row['status']!r} (allowed status {', '.join(STATUSES)})")
+    if row["status"] == "ok":
+        for key in ("eval_loss", "ppl"):
+            if not isinstance(row[key], (int, float)) or not math.isfinite(row[key]):
+                raise UserError(f"{path}: 'ok' result row has {key} {row[key]!r}")
     return table
 
 
@@ -205,30 +228,90 @@ def result_paths(path: Path) -> Iterator[Path]:
     yield from sorted(Path(path).rglob(RESULT_FILE))
 
 
-def load(path: str | Path, strict: bool = False) -> pd.DataFrame:
-    """All result rows under ``path`` as one DataFrame (one row per run directory).
+@dataclass
+class Scan:
+    """What a results directory holds: one row per run id, and what was left out and why."""
 
-    Unreadable files are never dropped silently: each is named in a warning, or with
-    ``strict=True`` the first one raises UserError. An empty store raises UserError.
+    rows: dict[str, tuple[Path, pa.Table]] = field(default_factory=dict)  # run id -> (file, row)
+    corrupt: list[tuple[Path, str]] = field(default_factory=list)  # (file, what is wrong)
+    duplicates: list[tuple[str, Path, Path]] = field(default_factory=list)  # (id, kept, skipped)
+
+    def frame(self) -> pd.DataFrame:
+        """The kept rows as one DataFrame (empty, with the schema's columns, when there are none)."""
+        import pandas as pd
+
+        if not self.rows:
+            return pd.DataFrame(columns=list(SCHEMA))
+        tables = [table for _, table in self.rows.values()]
+        return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+    def problems(self) -> list[str]:
+        """One line per corrupt file and per skipped duplicate."""
+        lines = [message for _, message in self.corrupt]
+        lines += [f"{skipped}: duplicate of run {run_id} (kept {kept}; a copied run folder?)"
+                  for run_id, kept, skipped in self.duplicates]
+        return lines
+
+
+def scan(path: str | Path) -> Scan:
+    """Read every result file under ``path``, keyed by the run id inside the row.
+
+    Two files with the same run id (a copied ``cast-xxx.bak/``, the same cell in two sweeps)
+    are one run: the file in a folder named after the run id is kept (else the first in path
+    order) and the others are listed as duplicates, so no run is counted twice.
+    """
+    found = Scan()
+    for file in result_paths(Path(path)):
+        try:
+            table = _read_result(file)
+        except UserError as err:
+            found.corrupt.append((file, str(err)))
+            continue
+        run_id = table.column("run_id")[0].as_py()
+        if run_id not in found.rows:
+            found.rows[run_id] = (file, table)
+            continue
+        kept = found.rows[run_id][0]
+        if file.parent.name == run_id and kept.parent.name != run_id:
+            found.rows[run_id] = (file, table)
+            kept, file = file, kept
+        found.duplicates.append((run_id, kept, file))
+    return found
+
+
+def load(path: str | Path, strict: bool = False) -> pd.DataFrame:
+    """All result rows under ``path`` as one DataFrame, one row per run id.
+
+    Nothing is dropped silently: each unreadable file and each duplicate of a run id is named
+    in a warning, or with ``strict=True`` the first one raises UserError. An empty store raises
+    UserError.
     """
     root = Path(path)
     if not root.exists():
         raise UserError(f"{root}: no such results directory")
-    tables, bad = [], []
-    for file in result_paths(root):
-        try:
-            tables.append(_read_result(file))
-        except UserError as err:
-            if strict:
-                raise
-            bad.append(str(err))
-    for message in bad:
-        warnings.warn(f"skipping unreadable result: {message}", stacklevel=2)
-    if not tables:
-        extra = f" ({len(bad)} unreadable, see warnings)" if bad else ""
+    found = scan(root)
+    problems = found.problems()
+    if strict and problems:
+        raise UserError(problems[0])
+    for message in problems:
+        warnings.warn(f"skipping unreadable result: {message}" if "duplicate of run" not in message
+                      else f"skipping {message}", stacklevel=2)
+    if not found.rows:
+        extra = f" ({len(found.corrupt)} unreadable, see warnings)" if found.corrupt else ""
         raise UserError(f"no result rows under {root}{extra}: run `castlab sweep` or `castlab train` first")
-    table = pa.concat_tables(tables, promote_options="permissive")
-    return table.to_pandas()
+    return found.frame()
+
+
+def move_aside(file: Path) -> Path:
+    """Rename a damaged result file to ``result.corrupt-<UTC time>.parquet`` (kept, never deleted)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = file.with_name(f"result.corrupt-{stamp}.parquet")
+    n = 1
+    while target.exists():
+        n += 1
+        target = file.with_name(f"result.corrupt-{stamp}-{n}.parquet")
+    os.replace(file, target)
+    return target
 
 
 # ---- run state and the live lock ---------------------------------------------------------
@@ -302,7 +385,14 @@ def mark_running(run_dir: Path, pid: int | None = None) -> bool:
     pid = os.getpid() if pid is None else pid
     with _claim_lock(run_dir):
         if (run_dir / RESULT_FILE).exists():
-            return False
+            try:
+                _read_result(run_dir / RESULT_FILE)
+            except UserError as err:  # damaged: keep it aside and let this claim redo the run
+                kept = move_aside(run_dir / RESULT_FILE)
+                print(f"castlab: {err}; moved to {kept.name}, the run is redone",
+                      file=sys.stderr)
+            else:
+                return False
         info = lock_info(run_dir)
         if info and info.get("pid") != pid and lock_is_live(run_dir):
             return False
@@ -326,17 +416,59 @@ def clear_running(run_dir: Path) -> None:
         os.unlink(Path(run_dir) / LOCK_FILE)
 
 
-def run_state(run_dir: Path) -> RunState:
-    """'done' / 'failed' (a row exists), 'running' (a live lock), else 'pending'.
+def is_stray(run_dir: Path) -> bool:
+    """A folder holding only a config (and a dead lock): nothing was trained or logged in it.
 
-    A corrupt result file counts as pending (with a warning naming it) so the run is redone.
+    Left by a ``castlab train`` of an older castlab that failed on a user error (now such a run
+    leaves nothing behind); no sweep or resume will ever complete it by itself.
+    """
+    run_dir = Path(run_dir)
+    names = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    return CONFIG_FILE in names and names <= {CONFIG_FILE, ".claim", LOCK_FILE} \
+        and not lock_is_live(run_dir)
+
+
+def first_missing(path: Path) -> Path | None:
+    """The highest folder of ``path`` (itself or an ancestor) that does not exist yet, if any."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def remove_unstarted(run_dir: Path, created: Path | None) -> None:
+    """Undo a run that stopped before producing anything: its config and lock files, and the
+    folders made for it (``created``: the highest one, from ``first_missing`` before the run).
+    Any other file in the run folder keeps everything."""
+    run_dir = Path(run_dir).absolute()
+    bookkeeping = (CONFIG_FILE, ".claim", LOCK_FILE)
+    if not run_dir.is_dir() or any(p.name not in bookkeeping for p in run_dir.iterdir()):
+        return
+    for name in bookkeeping:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(run_dir / name)
+    if created is None or not run_dir.is_relative_to(created):
+        return
+    for folder in [run_dir, *run_dir.parents]:
+        with contextlib.suppress(OSError):  # not empty: something else lives there
+            folder.rmdir()
+        if folder == created:
+            break
+
+
+def run_state(run_dir: Path) -> RunState:
+    """'done' / 'failed' (a valid row), 'corrupt' (a result file that is not one valid row),
+    'running' (a live lock), else 'pending'.
+
+    A corrupt run is redone by the next sweep: claiming it moves the damaged file aside.
     """
     run_dir = Path(run_dir)
     if (run_dir / RESULT_FILE).exists():
         try:
             status = _read_result(run_dir / RESULT_FILE).column("status")[0].as_py()
-        except UserError as err:
-            warnings.warn(f"{err}; treating the run as pending", stacklevel=2)
-        else:
-            return "failed" if status == "failed" else "done"
+        except UserError:
+            return "running" if lock_is_live(run_dir) else "corrupt"
+        return "failed" if status == "failed" else "done"
     return "running" if lock_is_live(run_dir) else "pending"

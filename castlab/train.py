@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from castlab import __version__, checkpoint
+from castlab import __version__, checkpoint, provenance
 from castlab.config import ONESHOT_METHODS, TrainConfig, load_yaml, save_yaml
 from castlab.device import (
     device_columns,
@@ -224,6 +224,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
 
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device, "device")  # a GPU asked for but missing: UserError now
+    created = store.first_missing(run_dir)
+    fresh = not (run_dir / "config.yaml").exists()  # else a sweep's or an interrupted run's
     run_dir.mkdir(parents=True, exist_ok=True)
     rank, world = _init_distributed(device)
     if rank == 0:
@@ -238,6 +240,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
     except UserError:
         if rank == 0:
             store.clear_running(run_dir)
+            if fresh:  # a run that failed on a user error leaves no config-only folder behind
+                store.remove_unstarted(run_dir, created)
         raise
     except Exception as err:  # a crash fails this run, not the sweep that launched it
         row = _failed_row(cfg, f"{type(err).__name__}: {err}", started)
@@ -268,7 +272,8 @@ def _versions() -> dict:
     import transformers
 
     return {"castlab_version": __version__, "torch_version": torch.__version__,
-            "transformers_version": transformers.__version__, "git_sha": git_sha()}
+            "transformers_version": transformers.__version__, "git_sha": git_sha(),
+            **provenance.columns()}  # threads, CPU ISA, BLAS: what the numbers depend on
 
 
 def _run(cfg, run_dir, progress, stop_after, rank, world, started, device) -> dict | None:

@@ -17,11 +17,13 @@ task works too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -91,21 +93,38 @@ def render_tasks(root: Path | None = None) -> Path:
             raise UserError(f"task template {template.name}: the lm-eval task it includes is "
                             f"missing from {stock} (lm-eval {lm_eval_version()} is not supported)")
         rendered[template.name] = text
-    digest = hashlib.sha256("".join(k + v for k, v in sorted(rendered.items())).encode())
-    out = cache_dir() / "lm_eval_tasks" / digest.hexdigest()[:16]
+    digest = _tasks_digest(rendered)
+    out = cache_dir() / "lm_eval_tasks" / digest[:16]
     if out.exists():
-        return out
+        if _tasks_digest(_read_dir(out)) == digest:
+            return out
+        # Edited or added files: lm-eval would load them (a `!function` imports Python), so the
+        # folder is rendered again rather than trusted because of its name.
+        stale = out.with_name(f".{out.name}.stale.{os.getpid()}")
+        with contextlib.suppress(OSError):
+            os.replace(out, stale)
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     for name, text in rendered.items():
         (tmp / name).write_text(text)
     try:
         os.replace(tmp, out)
     except OSError:  # another process rendered the same files first
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _tasks_digest(files: dict[str, str]) -> str:
+    """sha256 over file names and contents (the identity of a rendered task folder)."""
+    return hashlib.sha256("".join(k + v for k, v in sorted(files.items())).encode()).hexdigest()
+
+
+def _read_dir(path: Path) -> dict[str, str]:
+    """Every file under ``path`` (relative name -> text; undecodable bytes replaced)."""
+    return {str(f.relative_to(path)): f.read_text(errors="replace")
+            for f in sorted(path.rglob("*")) if not f.is_dir()}
 
 
 def lm_eval_name(task: str) -> str:

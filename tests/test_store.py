@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -157,11 +156,12 @@ def test_live_lock_blocks_other_claims(tmp_path):
     assert store.mark_running(run)  # stale now: taken over
 
 
-def test_corrupt_row_counts_as_pending_with_warning(tmp_path):
+def test_corrupt_row_is_its_own_state_and_claiming_moves_it_aside(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     (run / "result.parquet").write_bytes(b"PAR1 not really")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert store.run_state(run) == "pending"
-    assert any("r/result.parquet" in str(w.message) for w in caught)
+    assert store.run_state(run) == "corrupt"
+    assert store.mark_running(run)  # the claim keeps the damaged file aside and takes the run
+    assert store.run_state(run) == "running"
+    [kept] = run.glob("result.corrupt-*.parquet")
+    assert kept.read_bytes() == b"PAR1 not really" and not (run / "result.parquet").exists()

@@ -143,8 +143,8 @@ def _cmd_sweep(args) -> int:
     counts = Counter(outcomes.values())
     _log_invocation(spec, started, counts)
     teachers = sum(r.kind == "teacher" for r in plan)
-    print(f"sweep {spec.name}: {len(outcomes)} runs ({teachers} teachers + "
-          f"{len(outcomes) - teachers}) in {format_seconds(time.time() - started)} (estimated "
+    print(f"sweep {spec.name}: {len(outcomes)} runs ({teachers} teacher"
+          f"{'s' * (teachers != 1)} + {len(outcomes) - teachers}) in {format_seconds(time.time() - started)} (estimated "
           f"{format_seconds(sum(estimates.values()))} before it started): "
           + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
     print(f"results in {spec.results_dir()} (castlab status {spec.results_dir()})")
