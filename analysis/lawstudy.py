@@ -228,7 +228,7 @@ def run_study(rows: pd.DataFrame, draws: int = 1000, heldout_draws: int = 200,
     bad = unidentified_forms(cast, usable)
     chosen = choose_form(preds, bad)
     data = {**base, "data_hash": cast.digest(), "cast_runs": len(cast), "forms": usable,
-            "excluded": {**excluded, **bad}, "chosen": chosen,
+            "excluded": excluded, "unidentified": bad, "chosen": chosen,
             "chosen_by": "lowest mean held-out loss ARE predicting the largest budget on the "
                          "D/2 and D/4 splits every candidate form fitted identifiably",
             "heldout": _records(preds)}
