@@ -13,6 +13,7 @@ from castlab.law.predict import Law
 from castlab.law.validate import ppl_of_log_loss
 
 FIGURES = ("pred_vs_actual.png", "ppl_vs_tokens.png", "residuals_vs_extrapolation.png")
+MAX_CURVES = 12
 
 
 def _pyplot():
@@ -39,7 +40,7 @@ def pred_vs_actual(law: Law, pts: Points, heldout: pd.DataFrame, path: Path) -> 
     fig, ax = plt.subplots(figsize=(6, 5.5))
     actual, fitted = np.exp(pts.loss), ppl_of_log_loss(law.fit.predict_log(pts))
     ax.scatter(actual, fitted, s=22, c="tab:blue", alpha=0.7, label="in-sample (fit on all runs)")
-    ho = heldout[heldout["scheme"] == "tokens"].dropna(subset=["pred_ppl"])
+    ho = heldout[heldout["scheme"] != "size"].dropna(subset=["pred_ppl"])  # D/2, D/4 (tokens)
     if len(ho):
         err = np.vstack([ho["pred_ppl"] - ho["lo_ppl"], ho["hi_ppl"] - ho["pred_ppl"]])
         # a bootstrap interval need not contain the point prediction: clip the bars at 0
@@ -64,11 +65,17 @@ def ppl_vs_tokens(law: Law, pts: Points, path: Path) -> Path:
     d_grid = np.geomspace(pts.d.min() / 1.5, pts.d.max() * 4, 60)
     colors = plt.get_cmap("viridis")
     keys = list(dict.fromkeys(zip(pts.size, pts.s, strict=True)))
+    # Many sizes (an external table): every run is drawn, curves and legend for at most
+    # MAX_CURVES of them, evenly spread, so the figure stays readable and fast.
+    curved = {int(v) for v in np.linspace(0, len(keys) - 1, min(len(keys), MAX_CURVES)).round()}
     for i, (label, s) in enumerate(keys):
         m = (pts.size == label) & (pts.s == s)
         c = colors(i / max(1, len(keys) - 1))
         name = f"{label}" + (f", S={s:g}" if len(np.unique(pts.s)) > 1 else "")
-        ax.scatter(pts.d[m], np.exp(pts.loss[m]), color=c, s=20, label=name, zorder=3)
+        ax.scatter(pts.d[m], np.exp(pts.loss[m]), color=c, s=20, zorder=3,
+                   label=name if i in curved else None)
+        if i not in curved:
+            continue
         q = pts.subset(np.flatnonzero(m)[np.zeros(len(d_grid), int)])
         q.d = d_grid
         y = law.fit.predict_log(q)
@@ -81,7 +88,7 @@ def ppl_vs_tokens(law: Law, pts: Points, path: Path) -> Path:
     ax.axvline(pts.d.max(), color="grey", ls=":", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="training tokens D", ylabel="validation PPL",
            title=f"law {law.fit.form}: PPL vs tokens ({law.level:.0%} band, dotted: largest fitted D)")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=2, loc="upper right")
     return _save(fig, path)
 
 
@@ -89,9 +96,10 @@ def residuals_vs_extrapolation(heldout: pd.DataFrame, form: str, path: Path) -> 
     """Held-out relative PPL error vs how far beyond the training data the point lies."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"tokens": ("o", "tab:red", "tokens (expanding window)"),
-              "size": ("s", "tab:purple", "model size (leave one out)")}
+    styles = {"tokens": ("o", "tab:red", "tokens (D from <= D/2, <= D/4)"),
+              "size": ("s", "tab:purple", "model size (left out)")}
     ho = heldout.dropna(subset=["rel_err"])
+    ho = ho.assign(scheme=np.where(ho["scheme"] == "size", "size", "tokens"))
     for scheme, (marker, color, label) in styles.items():
         sub = ho[ho["scheme"] == scheme]
         if len(sub):
