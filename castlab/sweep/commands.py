@@ -115,6 +115,12 @@ def load_for_command(args) -> SweepSpec:
 
 def _cmd_sweep(args) -> int:
     spec = load_for_command(args)
+    if getattr(args, "verify", None) is not None:  # rerun K done runs; compare with their rows
+        from castlab.sweep.verify import verify
+
+        lines, identical = verify(spec, args.verify, progress=not args.quiet)
+        print("\n".join(lines))
+        return 0 if identical else 1
     if args.dry_run:
         plan = build_plan(spec)
         lines, left = plan_table(plan)
@@ -129,10 +135,11 @@ def _cmd_sweep(args) -> int:
 
     previous = signal.signal(signal.SIGTERM, stop)
     plan = build_plan(spec)
-    every = plan_estimates(plan)
     todo = (*LEFT_STATES, "failed") if args.retry_failed else LEFT_STATES
+    # --quiet shows no progress lines: skip the estimate (it may time a few steps per preset)
+    every = {} if args.quiet else plan_estimates(plan)
     estimates = {r.run_id: every[r.run_id] or 0.0 for r in plan
-                 if store.run_state(r.run_dir) in todo}
+                 if every and store.run_state(r.run_dir) in todo}
     started = time.time()
     tracker = SweepProgress(total=len(plan), estimates=estimates, started=started)
     try:
@@ -144,8 +151,9 @@ def _cmd_sweep(args) -> int:
     _log_invocation(spec, started, counts)
     teachers = sum(r.kind == "teacher" for r in plan)
     print(f"sweep {spec.name}: {len(outcomes)} runs ({teachers} teacher"
-          f"{'s' * (teachers != 1)} + {len(outcomes) - teachers}) in {format_seconds(time.time() - started)} (estimated "
-          f"{format_seconds(sum(estimates.values()))} before it started): "
+          f"{'s' * (teachers != 1)} + {len(outcomes) - teachers}) in {format_seconds(time.time() - started)}"
+          + (f" (estimated {format_seconds(sum(estimates.values()))} before it started)"
+             if estimates else "") + ": "
           + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
     print(f"results in {spec.results_dir()} (castlab status {spec.results_dir()})")
     return 1 if counts.get("failed") or counts.get("blocked") else 0
@@ -174,7 +182,7 @@ def status_table(root: Path) -> str:
                 *life, "wall_seconds", "reason"]
         view = view[cols].sort_values(["model", "method", "tokens", "seed"], na_position="last")
         view["reason"] = view["reason"].fillna("").str.slice(0, 60)
-        lines.append(view.to_string(index=False, formatters=column_formats(view)))
+        lines.append(view.to_string(index=False, formatters=column_formats(view), na_rep="-"))
     for run_id, state in unfinished:
         hint = "  (config only, nothing trained: delete it or rerun it)" if state == "stray" else ""
         lines.append(f"{run_id:<22} {state}{hint}")
@@ -278,6 +286,10 @@ def register(subparsers) -> None:
                         "unless absolute)")
     p.add_argument("--allow-large", action="store_true",
                    help=f"plan more than {MAX_PLANNED_RUNS:,} runs")
+    p.add_argument("--verify", type=int, metavar="K",
+                   help="rerun K random done runs into a scratch folder and compare their PPL "
+                        "and weights with the stored rows (bit-identical or not); exit 1 if any "
+                        "differs")
     p.set_defaults(func=_cmd_sweep)
 
     s = subparsers.add_parser("status", help="table of the runs in a results directory",
