@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import typing
@@ -369,6 +370,9 @@ def test_real_processes(workdir, model_dirs):
     assert tree_hash(workdir / "results") == before
 
 
+CASE_SECONDS = 120  # tally only: a case still running after this was accepted
+
+
 def _isolated(argv: list[str], results: Path) -> tuple[str, int | None, str]:
     """One case in a forked child (a native abort kills the child, not the tally)."""
     import json
@@ -382,6 +386,7 @@ def _isolated(argv: list[str], results: Path) -> tuple[str, int | None, str]:
         # 2 GiB above what the parent holds: the alias bomb's 10^9-value repr fails fast
         virtual = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
         resource.setrlimit(resource.RLIMIT_AS, (virtual + 2 * 2**30, virtual + 2 * 2**30))
+        signal.alarm(CASE_SECONDS)  # an accepted command that trains is stopped here
         before = tree_hash(results)
         code, _, err, escaped = call(argv)
         verdict = classify(code, err, escaped, tree_hash(results) != before)
@@ -392,6 +397,8 @@ def _isolated(argv: list[str], results: Path) -> tuple[str, int | None, str]:
     with os.fdopen(read) as pipe:
         data = pipe.read()
     _, status = os.waitpid(pid, 0)
+    if not data and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM:
+        return "accepted-wrong", None, f"still running after {CASE_SECONDS} s (accepted)"
     if not data:
         return "traceback", None, f"process died (status {status})"
     verdict, code, why = json.loads(data)
@@ -413,7 +420,10 @@ def tally() -> dict[str, dict[str, int]]:
                                        "--dry-run"]) for i, (label, c) in
                               enumerate(sweep_cases(work))],
               "command lines": command_cases(models, work)}
+    only = sys.argv[1:]  # e.g. "command lines": tally one group
     for group, cases in groups.items():
+        if only and group not in only:
+            continue
         tallies: Counter = Counter()
         for label, argv in cases:
             verdict, code, why = _isolated(argv, work / "results")
