@@ -315,7 +315,16 @@ BENCH_GROUPS: dict[str, Callable[[argparse.Namespace], list[dict]]] = {
     "tcmalloc": lambda args: bench_tcmalloc(),
     "memory": lambda args: bench_memory(),
     "sweep": lambda args: bench_sweep(args.sweep_results),
+    "gpu": lambda args: _gpu_rows(),
 }
+# Groups run only when named: gpu needs a CUDA device (castlab.bench_gpu).
+EXPLICIT_ONLY = {"gpu"}
+
+
+def _gpu_rows() -> list[dict]:
+    from castlab.bench_gpu import bench_gpu
+
+    return bench_gpu()
 
 
 def format_table(rows: list[dict]) -> str:
@@ -334,7 +343,8 @@ def register(subparsers) -> None:
     """Add the bench subcommand."""
     p = subparsers.add_parser(
         "bench", help="speed/memory ratios measured side by side, printed as a table",
-        description=f"Run benchmark groups ({', '.join(BENCH_GROUPS)}; default: all) and print "
+        description=f"Run benchmark groups ({', '.join(BENCH_GROUPS)}; default: all but "
+                    f"{', '.join(sorted(EXPLICIT_ONLY))}, which runs only when named) and print "
                     "one table of ratios measured in this one process.")
     p.add_argument("groups", nargs="*", help=f"groups to run: {', '.join(BENCH_GROUPS)}")
     p.add_argument("--json", action="store_true", help="print rows as JSON")
@@ -345,7 +355,7 @@ def register(subparsers) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     """castlab bench: run the chosen groups and print the table."""
-    groups = args.groups or list(BENCH_GROUPS)
+    groups = args.groups or [g for g in BENCH_GROUPS if g not in EXPLICIT_ONLY]
     unknown = [g for g in groups if g not in BENCH_GROUPS]
     if unknown:
         raise UserError(f"bench group '{unknown[0]}' unknown; allowed {', '.join(BENCH_GROUPS)}")

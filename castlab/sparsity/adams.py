@@ -248,17 +248,25 @@ class AdamS(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         bc1 = 1 - beta1 ** (t + 1) if getattr(self, "bias_correct", False) and group["sparse"] \
             else 1.0
-        values = {fused.LR: group["lr"] * bc1, fused.BETA1: beta1, fused.BETA2: beta2,
-                  fused.EPS: group["eps"], fused.BC1: 1 - beta1 ** (t + 1),
-                  fused.BC2_SQRT: math.sqrt(1 - beta2 ** (t + 1)), fused.ALPHA: alpha,
-                  fused.LAM: self.lambda_ * bc1, fused.SCALE: 1.0 / bc1}
+        values = {fused.STEP_SIZE: group["lr"] * bc1 / (1 - beta1 ** (t + 1)),
+                  fused.ONE_MINUS_B1: 1 - beta1, fused.BETA2: beta2, fused.ONE_MINUS_B2: 1 - beta2,
+                  fused.EPS: group["eps"], fused.BC2_SQRT: math.sqrt(1 - beta2 ** (t + 1)),
+                  fused.ALPHA: alpha, fused.LAM: self.lambda_ * bc1, fused.SCALE: 1.0 / bc1}
         hypers = self.__dict__.setdefault("_hypers", {})  # per group; not in the state dict
         hyper = hypers.get(id(group))
         if hyper is None or hyper.device != params[0].device:
             hyper = hypers[id(group)] = torch.zeros(fused.HYPER_SIZE, device=params[0].device)
+        state = [self.state[p] for p in params]
+        if not group["sparse"] and hasattr(torch, "_fused_adam_"):
+            # plain Adam is torch's fused multi-tensor kernel, its step count read on the device
+            hyper[0].fill_(t + 1)
+            torch._fused_adam_(params, [p.grad for p in params], [s["exp_avg"] for s in state],
+                               [s["exp_avg_sq"] for s in state], [], [hyper[0]] * len(params),
+                               lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
+                               eps=group["eps"], amsgrad=False, maximize=False)
+            return
         for index, value in values.items():  # fill_ launches a kernel; a host copy would sync
             hyper[index].fill_(value)
-        state = [self.state[p] for p in params]
         pruned = [s["pruned"] for s in state] if alpha > 0 else None
         fused.fused_adams_update_(params, [p.grad for p in params],
                                   [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],

@@ -22,8 +22,17 @@ class KDLoss(NamedTuple):
     kl: torch.Tensor  # KL(p_teacher || p_student) at temperature T, without T^2, no gradient
 
 
-# Rows of logits handled together: ~1 MiB of fp32 per temporary keeps a chunk in cache.
+# Rows of logits handled together. CPU: ~1 MiB of fp32 per temporary keeps a chunk in cache.
+# CUDA: a chunk must fill the card, not a cache; at 16k tokens x 50272 vocabulary on an H200 the
+# loss took 1013 ms with the CPU size (3,300 Python iterations) and 27 ms with 2**27 elements
+# (512 MiB per fp32 temporary, a handful of them at once).
 CHUNK_ELEMENTS = 2**18
+CUDA_CHUNK_ELEMENTS = 2**27
+
+
+def chunk_elements(device: torch.device) -> int:
+    """Logit elements per chunk of the fused KD loss on ``device``."""
+    return CUDA_CHUNK_ELEMENTS if device.type == "cuda" else CHUNK_ELEMENTS
 
 
 class _FusedKD(torch.autograd.Function):
@@ -43,7 +52,7 @@ class _FusedKD(torch.autograd.Function):
         grad = torch.empty_like(student)
         ce_sum = torch.zeros((), dtype=dtype, device=student.device)
         kl_sum = torch.zeros_like(ce_sum)
-        rows = max(1, CHUNK_ELEMENTS // student.shape[-1])
+        rows = max(1, chunk_elements(student.device) // student.shape[-1])
         for start in range(0, student.shape[0], rows):
             part = slice(start, start + rows)
             s, t, keep = student[part].to(dtype), teacher[part].to(dtype), valid[part].to(dtype)
@@ -73,6 +82,8 @@ class _FusedKD(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total, _grad_ce, _grad_kl):
         (grad,) = ctx.saved_tensors
+        if grad.is_cuda:  # reading grad_total on the host would wait for the GPU: scale in place
+            return grad.mul_(grad_total), None, None, None, None, None
         # the usual call is loss.backward() (grad_total = 1): hand back the buffer, no copy
         return (grad if bool(grad_total == 1) else grad * grad_total), None, None, None, None, None
 
@@ -100,7 +111,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     vocab = student_logits.shape[-1]
     labels = labels.reshape(-1)
     valid = labels != ignore_index
-    if not bool(valid.any()):
+    # on CUDA the check would wait for the GPU every step; an all-ignored batch scores 0 there
+    if not valid.is_cuda and not bool(valid.any()):
         raise ValueError("kd_loss: every label is ignore_index; nothing to score")
     total, ce, kl = _FusedKD.apply(student_logits.reshape(-1, vocab),
                                    teacher_logits.reshape(-1, vocab), labels, valid, eta,

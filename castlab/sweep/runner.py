@@ -49,9 +49,9 @@ def train_command(config_path: Path, run_dir: Path) -> list[str]:
             "--out", str(run_dir)]
 
 
-def _child_env() -> dict[str, str]:
-    """This environment, with castlab's source root importable in the child."""
-    env = dict(os.environ)
+def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment plus ``extra`` (a GPU pin), with castlab's source root importable."""
+    env = {**os.environ, **(extra or {})}
     root = str(Path(__file__).resolve().parents[2])
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in parts if p != root]])
@@ -160,12 +160,13 @@ def _warm_context() -> multiprocessing.context.BaseContext:
     return _fork_server
 
 
-def _start_child(command: list[str], log_path: Path) -> _ForkedChild:
+def _start_child(command: list[str], log_path: Path, env: dict[str, str] | None = None
+                 ) -> _ForkedChild:
     """Fork a warm interpreter that runs ``command`` (this Python, then ``-m module`` or a script)."""
     if command[0] != sys.executable or len(command) < 2 or command[1].startswith("-c"):
         raise ValueError(f"a sweep child must be '{sys.executable} -m MODULE ...' or "
                          f"'{sys.executable} SCRIPT ...', got {command[:2]}")
-    return _ForkedChild(command[1:], _child_env(), log_path)
+    return _ForkedChild(command[1:], _child_env(env), log_path)
 
 
 def _failure_reason(returncode: int, tail: deque) -> str:
@@ -197,10 +198,12 @@ def _terminate(proc: subprocess.Popen) -> None:
 
 
 def execute_run(config: dict[str, Any] | TrainConfig, run_dir: str | Path,
-                retry_failed: bool = False, echo: bool = True) -> Outcome:
+                retry_failed: bool = False, echo: bool = True,
+                env: dict[str, str] | None = None) -> Outcome:
     """Run one config into ``run_dir`` unless it is done/failed/running; return the outcome.
 
-    ``echo`` passes the child's output (its progress bar) through to this process's stderr.
+    ``echo`` passes the child's output (its progress bar) through to this process's stderr;
+    ``env`` is added to the child's environment (the local backend's CUDA_VISIBLE_DEVICES).
     KeyboardInterrupt terminates the child, releases the lock and propagates.
     """
     cfg = config if isinstance(config, TrainConfig) else from_dict(TrainConfig, config)
@@ -234,7 +237,7 @@ def execute_run(config: dict[str, Any] | TrainConfig, run_dir: str | Path,
         finished = threading.Event()
         follow = threading.Thread(target=_follow, daemon=True,
                                   args=(log_path, log_path.stat().st_size, sinks, tail, finished))
-        proc = _start_child(train_command(config_path, run_dir), log_path)
+        proc = _start_child(train_command(config_path, run_dir), log_path, env)
         follow.start()
         try:
             while proc.poll() is None:

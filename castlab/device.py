@@ -1,0 +1,118 @@
+"""Where a run computes: the one place that decides the device, its dtype and its CUDA settings.
+
+Every path that runs a model asks this module (training, evals, fine-tuning, quantization,
+export, the benches): ``check_device_spec`` validates a setting's spelling when a config or
+flag is read (a sweep is often planned on a login node without a GPU); ``resolve_device`` turns
+``auto | cpu | cuda | cuda:N`` into a ``torch.device`` where the work runs, and fails with one
+line when the GPU asked for is not there; ``prepare_device`` applies the CUDA defaults (TF32
+matmuls, the current card); ``device_columns`` records what ran the work in a result row.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+from castlab.errors import UserError
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+_SPEC = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def check_device_spec(spec: object, where: str = "device") -> str:
+    """``spec`` if it spells a device castlab accepts, else a one-line UserError naming ``where``."""
+    if not isinstance(spec, str) or not _SPEC.match(spec):
+        raise UserError(f"{where}: got {spec!r}, allowed {DEVICE_CHOICES}")
+    return spec
+
+
+def cuda_count() -> int:
+    """Visible CUDA devices (0 without CUDA); does not create a CUDA context."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def wants_cuda(spec: str) -> bool:
+    """Whether a (valid) spec runs on CUDA where it is resolved; ``auto`` asks the hardware."""
+    return spec.startswith("cuda") or (spec == "auto" and cuda_count() > 0)
+
+
+def resolve_device(spec: str = "auto", where: str = "device") -> torch.device:
+    """The torch.device for a spec: ``auto`` is CUDA when one is visible, else the CPU.
+
+    Under ``torchrun`` (``LOCAL_RANK`` set) ``auto`` and ``cuda`` mean this rank's own card.
+    A GPU asked for but not visible is a UserError, so ``castlab train --device cuda`` on a
+    machine without one stops with one line instead of a CUDA traceback.
+    """
+    check_device_spec(spec, where)
+    if spec == "cpu" or (spec == "auto" and cuda_count() == 0):
+        return torch.device("cpu")
+    count = cuda_count()
+    if count == 0:
+        raise UserError(f"{where}: got '{spec}' but no CUDA device is visible "
+                        f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+                        "use cpu or auto")
+    if spec == "auto" or spec == "cuda":
+        index = int(os.environ.get("LOCAL_RANK", "0")) if "LOCAL_RANK" in os.environ else 0
+    else:
+        index = int(spec.split(":")[1])
+    if index >= count:
+        raise UserError(f"{where}: got '{spec}' but only {count} CUDA device(s) are visible "
+                        f"(allowed cuda:0..cuda:{count - 1})")
+    return torch.device("cuda", index)
+
+
+def default_dtype(spec: str) -> str:
+    """The training dtype when a config says ``auto``: bf16 autocast on CUDA, fp32 on the CPU.
+
+    bf16 autocast keeps fp32 master weights (AdamS needs them; the decay is below bf16
+    resolution); on CPU fp32 stays the default so existing CPU runs keep their results.
+    """
+    return "bf16" if wants_cuda(check_device_spec(spec)) else "fp32"
+
+
+def prepare_device(device: torch.device) -> torch.device:
+    """Make ``device`` current and allow TF32 matmuls on CUDA; no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        # fp32 work left outside autocast (evals in fp32, the optimizer's math is elementwise)
+        # may use TF32 tensor cores: ~10 bits of mantissa, as the issue's GPU defaults ask.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def use_device(spec: str = "auto", where: str = "--device") -> torch.device:
+    """``resolve_device`` + ``prepare_device``: what a command calls before it loads a model."""
+    return prepare_device(resolve_device(spec, where))
+
+
+def device_columns(device: torch.device) -> dict[str, str]:
+    """Result-row columns naming what ran the work: device, its name, torch and CUDA versions."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        import platform
+
+        name = platform.processor() or platform.machine() or "cpu"
+    return {"device": str(device), "device_name": name,
+            "cuda_version": (torch.version.cuda or "") if device.type == "cuda" else ""}
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work on ``device`` (timers around GPU work need this); no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def distributed_backend(device: torch.device) -> str:
+    """The torch.distributed backend for a device: NCCL on CUDA, gloo on the CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def add_device_argument(parser, default: str = "auto") -> None:
+    """``--device`` for a command that runs a model (validated when the command resolves it)."""
+    parser.add_argument("--device", default=default,
+                        help=f"where the model runs: {DEVICE_CHOICES} (default: {default}; "
+                             "auto = CUDA when visible)")
