@@ -139,7 +139,7 @@ def split_token_ids(corpus: Corpus, split: str, tokenizer, *,
         raise UserError(f"split: got {split!r}, allowed {', '.join(SPLITS)}")
     path = stream_path(corpus, split, tokenizer)
     if path.exists():
-        ids = np.load(path)
+        ids = np.load(path, allow_pickle=False)  # a cache file: data only, never objects
     else:
         ids = encode_documents(corpus.splits[split], tokenizer, _document_separator(tokenizer),
                                progress)
