@@ -11,6 +11,7 @@ import re
 import pandas as pd
 
 from analysis import noise as N
+from analysis import paired as P
 from analysis import tables as T
 from analysis.targets import law_targets_side_by_side, targets_table
 from castlab.law.forms import FORMS
@@ -40,7 +41,10 @@ def blocks(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
            "noise-vs-error": T.markdown(N.noise_table(rows, study)),
            "noise-sentence": N.noise_sentence(rows, study),
            "runs": T.markdown(T.runs_table(rows)),
-           "shock-by-budget": T.markdown(T.shock_by_budget_table(rows))}
+           "shock-by-budget": T.markdown(T.shock_by_budget_table(rows)),
+           "best-sparse": T.markdown(P.best_sparse_table(rows)),
+           "paired": T.markdown(P.paired_table(rows)),
+           "mask-life": T.markdown(P.mask_life_table(rows))}
     if previous is not None:
         out["previous-targets"] = T.markdown(targets_table(*previous))
     if companion is not None:
@@ -109,6 +113,19 @@ def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
         "`±` is the sd over seeds where a cell was repeated.", "", b["headline"], "",
         _figure(study, "ppl_vs_tokens", "validation PPL vs training tokens per size and method"),
         "", "Every cell with its settings:", "", b["cells"], "",
+        "## CAST against each sparse baseline, paired by seed", "",
+        "Every sparse method at each size's largest budget (one-shot pruners at 0 tokens), mean "
+        "± sd PPL over seeds, and the method with the lowest mean:", "", b["best-sparse"], "",
+        "Paired over sizes x seeds (a trained baseline at the same budget and seed; a one-shot "
+        "pruner with the same calibration-sample seed): d = ln PPL_cast - ln PPL_baseline per "
+        "pair, the paired t test of mean d = 0 and the two-sided sign test of CAST winning half "
+        "the pairs (scipy.stats; analysis/paired.py).", "", b["paired"], "",
+        "## The life of the masks", "",
+        "At the largest budget: the fraction of mask entries that differ from the step-0 mask "
+        "half-way (T/2) and at the end, the mean fraction flipped per refresh over every "
+        "refresh, the mean step of the masked weights towards zero per step in units of lr "
+        "(sampled at the step before each eval), the prune shock and masked/kept |weight|.", "",
+        b["mask-life"], "",
         "## Teacher convergence", "",
         "Dense-KD at the largest budget may improve its teacher's PPL by at most 2%; more means "
         "the sparse curve would partly measure leftover pretraining.", "", b["convergence"], "",

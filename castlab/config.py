@@ -336,7 +336,9 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     lambda_: float | Literal["auto"] = "auto"  # AdamS L1 decay coefficient (CAST only)
-    lambda_auto_factor: float = 300.0  # auto: lambda = factor * mean |grad| of in-scope weights at start
+    # auto: lambda = factor * mean |grad| of in-scope weights at start; 300 re-measured against
+    # 1..300 at 512 and 2,048 steps (ARCHITECTURE.md, lambda auto)
+    lambda_auto_factor: float = 300.0
     # AdamS: m~ built from m / (1 - b1^(t+1)) enters v (True), or the spec-literal biased m~
     # (False; first steps ~10x lr). Measured (issue 15, opt-100k, 512 steps): literal 111.6 / 111.2
     # PPL vs corrected 112.1 / 111.3 at lambda factors 10 / 300, so the spec rule stays the default

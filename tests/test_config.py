@@ -67,6 +67,6 @@ def test_run_id_hashes_only_the_settings_the_method_reads():
     assert rid("sr-ste", srste_decay=0.1) != rid("sr-ste")
     assert rid("ast", ast_decay=0.1) != rid("ast") and rid("sr-ste", ast_decay=0.1) == rid("sr-ste")
     assert rid("magnitude", seed=1) == rid("magnitude") and rid("wanda", seed=1) != rid("wanda")
-    assert rid("dense-kd", adams_bias_correct=False) != rid("dense-kd")
-    assert rid("dense-kd-adam", adams_bias_correct=False) == rid("dense-kd-adam")
+    assert rid("dense-kd", adams_bias_correct=True) != rid("dense-kd")
+    assert rid("dense-kd-adam", adams_bias_correct=True) == rid("dense-kd-adam")
     assert rid("sr-ste", kd=True) != rid("sr-ste") and rid("cast", kd=True) == rid("cast")

@@ -35,7 +35,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_shipped_sweeps_validate_and_plan(tmp_path):
-    expected = {"smoke.yaml": 9, "opt_family.yaml": 60, "opt_family_long.yaml": 13,
+    expected = {"smoke.yaml": 9, "opt_family.yaml": 78, "opt_family_long.yaml": 13,
                 "opt_hf.yaml": 45}
     assert sorted(p.name for p in SWEEPS.glob("*.yaml")) == sorted(expected)
     for name, count in expected.items():
@@ -58,8 +58,9 @@ def test_long_companion_reuses_the_opt_family_teacher_and_starts_where_decay_com
 
 
 def test_opt_family_design():
-    """3 sizes, 5 geometric budgets spanning >= 8x, smallest >= 64 steps, 3 CAST seeds at the
-    largest and the smallest budget (seed noise where the law is fitted and where it predicts)."""
+    """3 sizes, 4 geometric budgets spanning >= 8x, smallest >= 64 steps, 3 CAST seeds at the
+    largest and the smallest budget (seed noise where the law is fitted and where it predicts),
+    3 seeds of every seeded sparse method at the largest budget (paired comparison)."""
     spec = load_sweep(SWEEPS / "opt_family.yaml")
     plan = build_plan(spec)
     runs = [r.config for r in plan if r.kind == "run"]
@@ -67,9 +68,9 @@ def test_opt_family_design():
     for method in ("cast", "dense-kd"):
         for model in spec.models:
             cells = sorted({c.tokens for c in runs if c.method == method and c.model == model})
-            assert len(cells) == 5
+            assert len(cells) == 4
             ratios = [b / a for a, b in zip(cells, cells[1:], strict=False)]
-            step = (cells[-1] / cells[0]) ** (1 / 4)  # geometric up to whole optimizer steps
+            step = (cells[-1] / cells[0]) ** (1 / 3)  # geometric up to whole optimizer steps
             assert all(abs(r / step - 1) < 0.01 for r in ratios), ratios
             assert cells[-1] / cells[0] >= 8
             first = next(c for c in runs if c.tokens == cells[0])
@@ -78,6 +79,16 @@ def test_opt_family_design():
                 seeds = sorted(c.seed for c in runs
                                if c.method == method and c.model == model and c.tokens == budget)
                 assert seeds == ([0, 1, 2] if method == "cast" else [0])
+    top = max(c.tokens for c in runs)
+    for method in ("cast", "sr-ste", "ast", "wanda", "sparsegpt", "magnitude"):
+        for model in spec.models:
+            seeds = sorted(c.seed for c in runs if c.method == method and c.model == model
+                           and c.tokens in (top, 0))
+            # magnitude pruning draws nothing: its seeds share one run id, planned once
+            assert seeds == ([0] if method == "magnitude" else [0, 1, 2]), (method, model)
+    tuned = {c.method: c for c in runs if c.method in ("sr-ste", "ast")}
+    assert tuned["sr-ste"].kd and tuned["sr-ste"].srste_decay == 2e-3
+    assert tuned["ast"].ast_decay == 2.0 and tuned["ast"].kd is None  # AST distils by default
     teachers = {r.config.model: r.config.tokens for r in plan if r.kind == "teacher"}
     assert teachers == dict.fromkeys(spec.models, 3_000_000)
     for model in spec.models:  # '40xP' against independently counted params

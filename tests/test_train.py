@@ -153,7 +153,7 @@ def test_dense_kd_is_adams_with_nothing_masked_and_dense_kd_adam_is_torch_adam(t
     cfg = tiny_config(method="dense-kd", init=str(tiny_teacher / "model"))
     model, _, _ = load_data_and_model(cfg)
     opt = make_method(cfg).build_optimizer(model, 1e-3, 10)
-    assert isinstance(opt, AdamS) and opt.lambda_ == 0.0 and opt.bias_correct
+    assert isinstance(opt, AdamS) and opt.lambda_ == 0.0 and not opt.bias_correct
     sparse = [g for g in opt.param_groups if g["sparse"]]
     assert len(sparse) == 1 and sparse[0]["prune"] is False
     assert len(sparse[0]["params"]) == len(in_scope_linears(model))
