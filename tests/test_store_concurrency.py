@@ -18,18 +18,19 @@ WRITER = textwrap.dedent(r"""
     import sys, time
     from pathlib import Path
     from castlab import store
+    ROW = {"method": "cast", "model": "opt-tiny", "eval_loss": 4.0, "ppl": 54.6}  # a complete row
     root, wid, own, shared = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     for i in range(own):
         run = root / f"w{wid}-{i}"
         store.write_curve(run, [{"step": s, "train_loss": 1.0 / s} for s in range(1, 20)])
-        store.write_row(run, {"run_id": run.name, "status": "ok", "seed": wid, "tokens": i})
+        store.write_row(run, {"run_id": run.name, "status": "ok", "seed": wid, "tokens": i, **ROW})
     for i in range(shared):
         run = root / f"shared-{i}"
         if store.mark_running(run):
             with open(root / "claims.log", "a") as log:  # O_APPEND: one line per claim
                 log.write(f"{run.name}\n")
             time.sleep(0.01)  # hold the lock while others try to claim it
-            store.write_row(run, {"run_id": run.name, "status": "ok", "seed": wid, "tokens": i})
+            store.write_row(run, {"run_id": run.name, "status": "ok", "seed": wid, "tokens": i, **ROW})
             store.clear_running(run)
     """)
 

@@ -195,8 +195,11 @@ def test_cli_reports_user_errors(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("CASTLAB_TCMALLOC", "0")  # main() would otherwise re-exec this process
     missing = str(tmp_path / "missing")
-    assert main(["eval-zeroshot", missing, "--tasks", "piqa", "--limit", "0"]) == 2
-    assert "castlab eval-zeroshot: error: --limit: got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses it before main dispatches
+        main(["eval-zeroshot", missing, "--tasks", "piqa", "--limit", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "castlab eval-zeroshot: error: argument --limit: got 0" in err and err.count("\n") == 1
     assert main(["eval-zeroshot", missing, "--tasks", "piqa"]) == 2
     assert "castlab eval-zeroshot: error: cannot load model" in capsys.readouterr().err
 
