@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import re
-import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from castlab.errors import UserError
+from castlab.yamlio import read_yaml, show
 
 TRAINED_METHODS = ("dense", "dense-kd", "dense-kd-adam", "cast", "sr-ste", "ast")
 ONESHOT_METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -29,23 +29,8 @@ METHODS = TRAINED_METHODS + ONESHOT_METHODS
 # Largest token count any count field accepts (1e15 tokens is ~100x today's largest LLM budgets):
 # a bound that keeps int(round(x)) finite and a typo like 1e400 a one-line error.
 MAX_COUNT = 10**15
-# Largest number of values a YAML file may expand to through aliases: real sweep files have a few
-# hundred, while an alias bomb (`&a [..] &b [*a, *a, ...]`) reaches 10^9 from a few lines.
-MAX_YAML_VALUES = 100_000
 # Largest vocabulary castlab trains a BPE for (2^20; the biggest public LLM vocabularies are ~256k).
 MAX_VOCAB = 2**20
-
-_short_repr = reprlib.Repr()
-_short_repr.maxstring = 60
-_short_repr.maxother = 60
-_short_repr.maxlist = _short_repr.maxtuple = _short_repr.maxdict = 6
-_short_repr.maxlevel = 2
-
-
-def show(value: Any) -> str:
-    """repr of a user value, shortened: error messages quote what was given, never all of it."""
-    return _short_repr.repr(value)
-
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
@@ -146,70 +131,6 @@ def to_dict(obj: Any) -> dict[str, Any]:
 def save_yaml(obj: Any, path: str | Path) -> None:
     """Write a dataclass as YAML."""
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            if key_node.value in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key_node.value[:60]}' is given twice", key_node.start_mark)
-            seen.add(key_node.value)
-        return super().construct_mapping(node, deep)
-
-
-def expanded_size(data: Any, limit: int = MAX_YAML_VALUES) -> int:
-    """Number of values ``data`` holds once aliases are expanded, counting up to just past ``limit``.
-
-    YAML aliases make shared objects, so the count is memoised per object: linear in the file,
-    whatever the expansion.
-    """
-    sizes: dict[int, int] = {}
-
-    def size(x: Any) -> int:
-        if not isinstance(x, (list, dict)):
-            return 1
-        if id(x) in sizes:
-            return sizes[id(x)]
-        sizes[id(x)] = limit + 1  # a self-referencing alias (&a [*a]) counts as too big
-        items = list(x.values()) + list(x) if isinstance(x, dict) else x
-        total = 1
-        for item in items:
-            total = min(total + size(item), limit + 1)
-            if total > limit:
-                break
-        sizes[id(x)] = total
-        return total
-
-    return size(data)
-
-
-def read_yaml(path: str | Path, what: str = "file") -> Any:
-    """Parse a YAML file; a missing file, bad YAML, a duplicated key, an alias bomb or non-text
-    content is a one-line UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such {what}")
-    try:
-        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{path}: invalid YAML{at}: {problem}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file (invalid UTF-8)") from None
-    except RecursionError:
-        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
-    if expanded_size(data) > MAX_YAML_VALUES:
-        raise UserError(f"{path}: its aliases (*name) expand to more than {MAX_YAML_VALUES:,} "
-                        "values, allowed fewer (a sweep file needs a few hundred)")
-    return data
 
 
 def load_yaml(cls: type, path: str | Path) -> Any:
