@@ -13,99 +13,19 @@ instance to ``FORMS``.
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-
 import numpy as np
 
-TINY = 1e-300  # losses are clipped here before the log: a non-positive predicted loss is a miss
-
-
-@dataclass
-class Inputs:
-    """Design arrays of one set of points, already rescaled (see module docstring)."""
-
-    logn: np.ndarray
-    logd: np.ndarray
-    s: np.ndarray  # sparsity in [0, 1)
-    ldense: np.ndarray  # dense teacher loss L_dense(N), nats/token (NaN where unknown)
-    lkd: np.ndarray  # dense-kd twin loss L_densekd(N, D), nats/token (NaN where unknown)
-
-
-@dataclass(frozen=True)
-class Scales:
-    """The rescaling constants: N' = N / n0, D' = D / d0."""
-
-    n0: float
-    d0: float
-
-
-def _col(theta: np.ndarray, i: int) -> np.ndarray:
-    """Parameter i as a column that broadcasts against (n,) data, for theta (p,) or (K, p)."""
-    return theta[..., i, None]
-
-
-def _grid(*axes) -> np.ndarray:
-    return np.array(list(itertools.product(*axes)), dtype=np.float64)
-
-
-class Form:
-    """Base class: a law with internal parameters ``params`` (see module docstring)."""
-
-    name: str = ""
-    description: str = ""
-    params: tuple[str, ...] = ()
-    per_size: bool = False  # True: one independent parameter set per model size
-    uses_n: bool = False  # needs >= 2 sizes to be identified
-    min_budgets: int = 2  # distinct token budgets needed (per size for per-size forms)
-    # Parameters of the D-dependent term(s) (amplitude, exponent): a fit needs one more distinct
-    # budget than this, or the D-curve is exactly determined (or flat) in them.
-    d_params: int = 1
-    min_sparsities: int = 1
-    needs: tuple[str, ...] = ()  # extra inputs: 'ldense', 'lkd', 's'
-
-    def bounds(self, loss: np.ndarray, x: Inputs) -> list[tuple[float, float]]:
-        """Box bounds on the internal parameters for L-BFGS-B."""
-        raise NotImplementedError
-
-    def starts(self, loss: np.ndarray, x: Inputs) -> np.ndarray:
-        """Grid of starting points, shape (K, p), in internal parameters."""
-        raise NotImplementedError
-
-    def log_loss(self, theta: np.ndarray, x: Inputs, jac: bool = False):
-        """Predicted ln L; with ``jac`` (theta of shape (p,) only) also d ln L / d theta (n, p)."""
-        raise NotImplementedError
-
-    def public(self, theta: np.ndarray, sc: Scales) -> dict[str, float]:
-        """Named parameters in the published parametrisation and original units."""
-        raise NotImplementedError
-
-    def internal(self, values: dict[str, float], sc: Scales) -> np.ndarray:
-        """Inverse of ``public``: internal parameter vector from named published values."""
-        raise NotImplementedError
-
-
-def _lse_terms(terms: list[np.ndarray], grads: list[dict[int, np.ndarray]] | None = None,
-               p: int = 0):
-    """ln(sum_k exp(u_k)); with ``grads`` (per term: {param index: du_k/dtheta_j}) also the (n, p)
-    Jacobian. Written out rather than scipy.special.logsumexp/softmax, whose per-call overhead
-    dominated the fit (400 us vs 30 us per objective on Epoch's 240 points)."""
-    shape = np.broadcast_shapes(*(np.shape(t) for t in terms))
-    m = np.full(shape, -np.inf)
-    for t in terms:
-        m = np.maximum(m, t)
-    m = np.where(np.isfinite(m), m, 0.0)  # all terms -inf (or +inf): leave it to the log
-    e = [np.exp(t - m) for t in terms]
-    total = sum(e)
-    y = m + np.log(total)
-    if grads is None:
-        return y
-    jac = np.zeros(y.shape + (p,))
-    for k, g in enumerate(grads):
-        w = e[k] / total
-        for j, d in g.items():
-            jac[:, j] += w * d
-    return y, jac
+from castlab.law.anchored import KdRatio, TeacherAdd, TeacherMul
+from castlab.law.formbase import (  # noqa: F401 - Form, Inputs, Scales, TINY are re-exported
+    TINY,
+    Form,
+    Inputs,
+    Scales,
+    _col,
+    _grid,
+    _lse_terms,
+    _safe_log,
+)
 
 
 class Chinchilla(Form):
@@ -177,12 +97,6 @@ class PowerD(Form):
     def internal(self, v, sc):
         return np.array([np.log(v["L_inf"]), np.log(v["B"]) - v["beta"] * np.log(sc.d0),
                          v["beta"]])
-
-
-def _safe_log(total: np.ndarray):
-    """ln of a predicted loss that may be non-positive; the Jacobian factor 1/L is 0 there."""
-    ok = total > 0
-    return np.log(np.where(ok, total, TINY)), np.where(ok, 1.0 / np.where(ok, total, 1.0), 0.0)
 
 
 class LogLinear(Form):
@@ -339,90 +253,6 @@ class Frantar(Form):
         return np.array([np.log(v["a_S"]) - v["b_N"] * ln0, v["b_S"],
                          np.log(v["c_S"]) - v["b_N"] * ln0, v["b_N"],
                          v["b_D"] * (np.log(v["a_D"]) - np.log(sc.d0)), v["b_D"], np.log(v["c"])])
-
-
-class _Anchored(Form):
-    """Floor-anchored joint forms: ln L = ln F + h(T), T = C N^-gamma D^-beta with one exponent
-    pair shared by every size, the floor F given per run (teacher or dense-kd twin loss), so the
-    D-curve needs only two budgets (beta from their ratio, C from the level). Subclasses choose
-    F (``needs``) and h (additive excess over the floor, or a relative one)."""
-
-    params = ("c", "gamma", "beta")  # C = e^c N0^gamma D0^beta
-    uses_n = True
-    relative = True  # h(T) = ln(1 + T); False: L = F + T
-
-    def floor(self, x: Inputs) -> np.ndarray:
-        """The anchor F per point (nats/token)."""
-        raise NotImplementedError
-
-    def bounds(self, loss, x):
-        return [(-30.0, float(np.log(10 * loss.max()))), (-1.0, 3.0), (0.0, 3.0)]
-
-    def starts(self, loss, x):
-        f = self.floor(x)
-        excess = (loss / f - 1) if self.relative else (loss - f)
-        pos = excess[excess > 0]
-        lvl = float(np.median(pos)) if len(pos) else 1e-3 * float(np.median(loss))
-        return _grid(np.log(lvl * np.array([0.3, 1.0, 3.0])), [0.0, 0.3, 1.0], [0.1, 0.3, 0.6, 1.2])
-
-    def log_loss(self, theta, x, jac=False):
-        c, ga, be = (_col(theta, i) for i in range(3))
-        f = self.floor(x)
-        with np.errstate(over="ignore"):
-            t = np.exp(np.minimum(c - ga * x.logn - be * x.logd, 700.0))
-        if self.relative:
-            y, dt = np.log(f) + np.log1p(t), t / (1 + t)
-        else:
-            total = f + t
-            y, dt = np.log(total), t / total
-        if not jac:
-            return y
-        return y, np.stack([dt, -dt * x.logn, -dt * x.logd], axis=-1)
-
-    def public(self, theta, sc):
-        c, ga, be = map(float, theta)
-        return {"C": np.exp(c) * sc.n0**ga * sc.d0**be, "gamma": ga, "beta": be}
-
-    def internal(self, v, sc):
-        c = np.log(v["C"]) - v["gamma"] * np.log(sc.n0) - v["beta"] * np.log(sc.d0)
-        return np.array([c, v["gamma"], v["beta"]])
-
-
-class TeacherAdd(_Anchored):
-    """L = L_teacher(N) + C N^-gamma D^-beta: the dense teacher is the floor (D -> infinity)."""
-
-    name = "teacher_add"
-    description = "L = L_teacher(N) + C*N^-gamma*D^-beta"
-    needs = ("ldense",)
-    relative = False
-
-    def floor(self, x):
-        return x.ldense
-
-
-class TeacherMul(_Anchored):
-    """L = L_teacher(N) (1 + C N^-gamma D^-beta): a relative excess over the teacher."""
-
-    name = "teacher_mul"
-    description = "L = L_teacher(N)*(1 + C*N^-gamma*D^-beta)"
-    needs = ("ldense",)
-
-    def floor(self, x):
-        return x.ldense
-
-
-class KdRatio(_Anchored):
-    """L = L_densekd(N, D) (1 + C N^-gamma D^-beta): the ratio to the dense-kd twin closes with D.
-
-    Like kd_gap, predictions use the dense-kd curve fitted to the twins (the twin of an unseen
-    budget is not known)."""
-
-    name = "kd_ratio"
-    description = "L = L_densekd(N,D)*(1 + C*N^-gamma*D^-beta)"
-    needs = ("lkd",)
-
-    def floor(self, x):
-        return x.lkd
 
 
 FORMS: dict[str, Form] = {
