@@ -17,7 +17,6 @@ types; ``load`` reads every row under a directory and names each unreadable file
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -35,6 +34,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from castlab.errors import UserError
+from castlab.runlock import (  # noqa: F401 - the lock API is re-exported: callers use store.*
+    HEARTBEAT_SECONDS,
+    LOCK_FILE,
+    STALE_AFTER_SECONDS,
+    claim_lock,
+    clear_running,
+    heartbeat,
+    lock_info,
+    lock_is_live,
+    pid_alive,
+    proc_start_time,
+)
 
 if TYPE_CHECKING:  # pandas is imported by the readers only: writers (trainers) start faster
     import pandas as pd
@@ -43,11 +54,6 @@ RESULT_FILE = "result.parquet"
 CURVE_FILE = "curve.parquet"
 CONFIG_FILE = "config.yaml"
 SWEEP_LOG_FILE = "sweep_log.jsonl"  # one line per `castlab sweep` invocation, in RESULTS
-LOCK_FILE = "running.json"
-# A lock written on another host cannot be checked by pid; runners refresh its mtime, so one not
-# refreshed for this long is stale.
-STALE_AFTER_SECONDS = 600.0
-HEARTBEAT_SECONDS = 30.0
 
 RunState = Literal["done", "failed", "running", "pending", "corrupt"]
 
@@ -314,67 +320,6 @@ def move_aside(file: Path) -> Path:
     return target
 
 
-# ---- run state and the live lock ---------------------------------------------------------
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """Kernel start time of ``pid`` (field 22 of /proc/PID/stat), to tell pid reuse apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces; fields after its closing paren are safe.
-    return stat[stat.rindex(")") + 2:].split()[19]
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists on this host (possibly as a zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def lock_info(run_dir: Path) -> dict[str, Any] | None:
-    """The contents of ``running.json``, or None if absent or unreadable."""
-    try:
-        return json.loads((Path(run_dir) / LOCK_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def lock_is_live(run_dir: Path) -> bool:
-    """True if running.json names a process that still runs (same host) or is fresh (other host)."""
-    info = lock_info(run_dir)
-    if not info or not isinstance(info.get("pid"), int):
-        return False
-    if info.get("host") != socket.gethostname():
-        try:
-            age = time.time() - (Path(run_dir) / LOCK_FILE).stat().st_mtime
-        except OSError:
-            return False
-        return age < STALE_AFTER_SECONDS
-    if not pid_alive(info["pid"]):
-        return False
-    started = info.get("proc_start")
-    return started is None or started == _proc_start_time(info["pid"])
-
-
-@contextlib.contextmanager
-def _claim_lock(run_dir: Path) -> Iterator[None]:
-    """Serialise check-then-write of running.json between processes (flock on a side file)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".claim", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def mark_running(run_dir: Path, pid: int | None = None) -> bool:
     """Claim ``run_dir`` for process ``pid`` (default: this one) by writing running.json.
 
@@ -383,7 +328,7 @@ def mark_running(run_dir: Path, pid: int | None = None) -> bool:
     """
     run_dir = Path(run_dir)
     pid = os.getpid() if pid is None else pid
-    with _claim_lock(run_dir):
+    with claim_lock(run_dir):
         if (run_dir / RESULT_FILE).exists():
             try:
                 _read_result(run_dir / RESULT_FILE)
@@ -397,23 +342,11 @@ def mark_running(run_dir: Path, pid: int | None = None) -> bool:
         if info and info.get("pid") != pid and lock_is_live(run_dir):
             return False
         body = {"pid": pid, "host": socket.gethostname(), "start_time": time.time(),
-                "proc_start": _proc_start_time(pid)}
+                "proc_start": proc_start_time(pid)}
         tmp = run_dir / f".{LOCK_FILE}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(body))
         os.replace(tmp, run_dir / LOCK_FILE)
     return True
-
-
-def heartbeat(run_dir: Path) -> None:
-    """Refresh running.json's mtime so hosts that cannot check the pid see it as live."""
-    with contextlib.suppress(OSError):
-        os.utime(Path(run_dir) / LOCK_FILE)
-
-
-def clear_running(run_dir: Path) -> None:
-    """Remove running.json (no error if it is already gone)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(Path(run_dir) / LOCK_FILE)
 
 
 def is_stray(run_dir: Path) -> bool:
