@@ -271,7 +271,9 @@ class TrainConfig:
     nm_n: int = 2
     nm_m: int = 4
     srste_decay: float = 2e-4  # SR-STE sparse-refined decay lambda_W (grad += lambda_W * W, masked)
-    ast_decay: float = 0.2  # AST masked-weight L2 decay at alpha = 1 (grad += alpha*ast_decay*W)
+    # AST masked-weight L2 decay at alpha = 1 (grad += alpha*ast_decay*W); 2.0 tuned against 0.2
+    # on opt-100k at 512 steps (analysis/LAMBDA_STUDY.md)
+    ast_decay: float = 2.0
     kd: bool | None = None  # SR-STE / AST distillation; None: the method's default (AST on, SR-STE off)
     calib_sequences: int = 64  # Wanda / SparseGPT calibration windows from the train split
     sparsegpt_damp: float = 0.01
