@@ -10,13 +10,23 @@ import numpy as np
 import pandas as pd
 
 from analysis.lawstudy import SCHEMES, predictions_frame
+from castlab.report.tables import (  # noqa: F401 - shared with `castlab report`; re-exported
+    DASH,
+    METHOD_ORDER,
+    TEACHER,
+    f_int,
+    f_pct,
+    f_ppl,
+    markdown,
+    method_rank,
+    methods,
+    ok_rows,
+    sizes,
+)
 from castlab.sweep.commands import TEACHER_CONVERGENCE_TOLERANCE
 
-METHOD_ORDER = ("dense-kd", "cast", "sr-ste", "ast", "magnitude", "wanda", "sparsegpt")
 ONESHOT = ("magnitude", "wanda", "sparsegpt")
 TRAINED_BASELINES = ("sr-ste", "ast")
-TEACHER = "dense teacher"
-DASH = "—"
 SCHEME_LABEL = {"D/2": "D/2 -> D", "D/4": "D/4 -> D", "size": "leave one size out"}
 SWEEP_LIMIT_SECONDS = 20 * 60
 ARE_TARGET = 0.015
@@ -25,65 +35,12 @@ COVERAGE_TARGET = 0.80
 
 # ---- formatting -------------------------------------------------------------------------------
 
-def f_ppl(x) -> str:
-    """A perplexity with two decimals, or a dash."""
-    return DASH if x is None or not np.isfinite(x) else f"{x:.2f}"
-
-
-def f_pct(x, signed: bool = False, digits: int = 2) -> str:
-    """A fraction as a percentage, or a dash."""
-    if x is None or not np.isfinite(x):
-        return DASH
-    return f"{100 * x:+.{digits}f}%" if signed else f"{100 * x:.{digits}f}%"
-
-
 def f_num(x, fmt: str = ".4g") -> str:
     """A float in ``fmt``, or a dash."""
     return DASH if x is None or not np.isfinite(x) else format(float(x), fmt)
 
 
-def f_int(x) -> str:
-    """An integer with thousands separators, or a dash."""
-    return DASH if x is None or not np.isfinite(x) else f"{int(round(x)):,}"
-
-
-def markdown(df: pd.DataFrame) -> str:
-    """A GitHub markdown table of a frame of strings.
-
-    Written by hand rather than DataFrame.to_markdown: that needs tabulate, which castlab does
-    not depend on, and its padding would make the exact-text drift test depend on its version.
-    """
-    def cell(v) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |",
-             "|" + "|".join(" --- " for _ in df.columns) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 # ---- row helpers --------------------------------------------------------------------------------
-
-def ok_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """The runs that finished."""
-    return rows[rows["status"] == "ok"]
-
-
-def sizes(rows: pd.DataFrame) -> list[str]:
-    """Model names ordered by non-embedding parameters."""
-    ok = ok_rows(rows)
-    order = ok.groupby("model")["params_non_embedding"].first().sort_values(kind="stable")
-    return [str(m) for m in order.index]
-
-
-def _method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
-
-
-def methods(rows: pd.DataFrame) -> list[str]:
-    """Methods present, in report order."""
-    return sorted(set(ok_rows(rows)["method"].astype(str)), key=_method_rank)
-
 
 def teacher_ppl(rows: pd.DataFrame) -> dict[str, float]:
     """Per model: the dense teacher's PPL (every run of a model starts from the same teacher)."""
@@ -113,7 +70,7 @@ def cells(rows: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df
     order = {m: i for i, m in enumerate(sizes(rows))}
-    key = df["model"].map(order) * 1000 + df["method"].map(lambda m: _method_rank(m)[0])
+    key = df["model"].map(order) * 1000 + df["method"].map(lambda m: method_rank(m)[0])
     return df.assign(_k=key).sort_values(["_k", "method", "tokens"]).drop(columns="_k")
 
 
@@ -208,7 +165,7 @@ def runs_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Every finished run: lambda, prune shock, masked/kept ratio, wall time, tokens/s; plus a sum."""
     ok = ok_rows(rows).copy()
     order = {m: i for i, m in enumerate(sizes(rows))}
-    ok["_k"] = ok["model"].map(order) * 1000 + ok["method"].map(lambda m: _method_rank(m)[0])
+    ok["_k"] = ok["model"].map(order) * 1000 + ok["method"].map(lambda m: method_rank(m)[0])
     ok = ok.sort_values(["_k", "tokens", "seed", "run_id"])
     sparse = ok["sparsity"] > 0
     out = pd.DataFrame({
