@@ -10,6 +10,7 @@ import pandas as pd
 from analysis.lawstudy import Study, predictions_frame
 from analysis.tables import ONESHOT, cells, sizes, teacher_ppl
 from castlab.law import plots
+from castlab.law.validate import ppl_of_log_loss
 
 FIGURES = {"ppl_vs_tokens": "ppl_vs_tokens.png", "pred_vs_actual": "pred_vs_actual.png",
            "law_ppl_vs_tokens": "law_ppl_vs_tokens.png",
@@ -51,7 +52,7 @@ def pred_vs_actual(study: Study, ho: pd.DataFrame, path: Path) -> Path:
     plt = _pyplot()
     law, pts = study.law, study.cast
     fig, ax = plt.subplots(figsize=(6.2, 5.8))
-    actual, fitted = np.exp(pts.loss), np.exp(np.exp(law.fit.predict_log(pts)))
+    actual, fitted = np.exp(pts.loss), ppl_of_log_loss(law.fit.predict_log(pts))  # bounded
     ax.scatter(actual, fitted, s=22, c="tab:blue", alpha=0.7, label="in-sample (fit on all runs)")
     styles = {"tokens": ("x", "tab:red", "held out: D from budgets <= D/2 or <= D/4"),
               "size": ("+", "tab:purple", "held out: leave one size out")}
