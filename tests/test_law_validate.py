@@ -61,7 +61,9 @@ def test_identifiability_rules(form, n, d, needle):
 
 def test_anchored_forms_need_only_two_budgets():
     pts = _pts([1e5, 1e6, 1e7] * 2, [1e6] * 3 + [2e6] * 3)
-    check_fittable(FORMS["teacher_mul"], pts)  # 6 points >= 3 + 2, 2 budgets, 3 sizes
+    check_fittable(FORMS["teacher_mul"], pts)  # 6 points >= 3 + 2, 2 budgets, 3 sizes: no raise
+    with pytest.raises(UserError, match="3 distinct token budgets"):  # a form with its own floor
+        check_fittable(FORMS["dense_gap"], pts)
 
 
 def test_parameter_on_bound_is_reported():
