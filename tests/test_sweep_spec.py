@@ -35,7 +35,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_shipped_sweeps_validate_and_plan(tmp_path):
-    expected = {"smoke.yaml": 9, "opt_family.yaml": 78, "opt_family_long.yaml": 13,
+    expected = {"smoke.yaml": 13, "opt_family.yaml": 78, "opt_family_long.yaml": 13,
                 "opt_hf.yaml": 45, "opt_family_gpu.yaml": 116}
     assert sorted(p.name for p in SWEEPS.glob("*.yaml")) == sorted(expected)
     for name, count in expected.items():
