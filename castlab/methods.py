@@ -144,9 +144,18 @@ class DenseKDAdam(Dense):
 class _MaskLifeMixin:
     """Mask-life bookkeeping shared by the sparse methods (castlab.sparsity.masklife).
 
-    Subclasses provide ``_weights()``, ``_masks()``, ``_flip_rates()`` and ``_lr()`` and call
-    ``_life_start`` once the first mask exists.
+    Subclasses provide ``_weights()``, ``_masks()``, ``_flip_rates()``, ``masked_kept_ratio()``
+    and ``self.optimizer``, keep the current step in ``self._step``, and call ``_life_start``
+    once the first mask exists.
     """
+
+    def _lr(self):
+        return self.optimizer.param_groups[0]["lr"]
+
+    def diagnostics(self):
+        """Masked/kept mean |theta| and the mask life at this eval (castlab.sparsity.masklife)."""
+        return {"masked_kept_ratio": self.masked_kept_ratio(),
+                **self._life_diagnostics(self._step + 1)}
 
     def _life_start(self, total_steps: int) -> None:
         from castlab.sparsity.masklife import MaskLife
@@ -215,9 +224,6 @@ class Cast(_MaskLifeMixin, Dense):
     def _flip_rates(self):
         return [rate for _, rate in self.optimizer.flip_rates]
 
-    def _lr(self):
-        return self.optimizer.param_groups[0]["lr"]
-
     def masked_kept_ratio(self):
         """Mean |theta| of masked / kept entries (AdamS's current masks)."""
         return self.optimizer.masked_kept_ratio()
@@ -230,11 +236,6 @@ class Cast(_MaskLifeMixin, Dense):
     def after_backward(self, step):
         """Copy the weights before a step that precedes an eval (masked-step sample)."""
         self._life_before_update(step)
-
-    def diagnostics(self):
-        """Masked/kept mean |theta| and the mask life at this eval (castlab.sparsity.masklife)."""
-        return {"masked_kept_ratio": self.masked_kept_ratio(),
-                **self._life_diagnostics(self._step + 1)}
 
     def finalize(self, model):
         """Recompute the mask, prune, fold scales, verify exact N:M."""
@@ -277,9 +278,6 @@ class SrSte(_MaskLifeMixin, Dense):
     def _flip_rates(self):
         return self.masked.flip_rates
 
-    def _lr(self):
-        return self.optimizer.param_groups[0]["lr"]
-
     def masked_kept_ratio(self):
         """Mean |W| of masked / kept entries under the masked forward."""
         return self.masked.masked_kept_ratio()
@@ -297,11 +295,6 @@ class SrSte(_MaskLifeMixin, Dense):
 
         srste_decay_(self.masked.weights(), self.masked.masks(), self.cfg.srste_decay)
         self._life_before_update(step)
-
-    def diagnostics(self):
-        """Masked/kept ratio and the mask life at this eval."""
-        return {"masked_kept_ratio": self.masked_kept_ratio(),
-                **self._life_diagnostics(self._step + 1)}
 
     def state_dict(self):
         """Mask-life record plus the refresh flip rates (the masks themselves are model buffers)."""
