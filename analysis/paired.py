@@ -21,16 +21,20 @@ from analysis.tables import DASH, METHOD_ORDER, ONESHOT, f_num, f_pct, ok_rows, 
 BASELINES = ("sr-ste", "ast", "magnitude", "wanda", "sparsegpt")
 
 
+def _largest_budget_per_size(runs: pd.DataFrame, rows: pd.DataFrame):
+    """(model, the runs at that model's largest budget) per size of ``rows`` that has runs."""
+    for model in sizes(rows):
+        mine = runs[runs["model"] == model]
+        if len(mine):
+            yield model, mine[mine["tokens"] == mine["tokens"].max()]
+
+
 def pairs(rows: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Columns model, seed, cast_loss, base_loss, d (cast - baseline) of every matched pair."""
     ok = ok_rows(rows)
     cast = ok[ok["method"] == "cast"]
     out = []
-    for model in sizes(rows):
-        mine = cast[cast["model"] == model]
-        if not len(mine):
-            continue
-        top = mine[mine["tokens"] == mine["tokens"].max()]
+    for model, top in _largest_budget_per_size(cast, rows):
         tokens = 0 if baseline in ONESHOT else int(top["tokens"].iloc[0])
         base = ok[(ok["method"] == baseline) & (ok["model"] == model) & (ok["tokens"] == tokens)]
         merged = top.merge(base, on="seed", suffixes=("_cast", "_base"))
@@ -115,11 +119,7 @@ def mask_life_table(rows: pd.DataFrame) -> pd.DataFrame:
     if not len(ok) or "mask_drift" not in ok:
         return pd.DataFrame({"size": [DASH]})
     out = []
-    for model in sizes(rows):
-        mine = ok[ok["model"] == model]
-        if not len(mine):
-            continue
-        top = mine[mine["tokens"] == mine["tokens"].max()]
+    for model, top in _largest_budget_per_size(ok, rows):
         for method, group in top.groupby("method", sort=False):
             out.append({"size": model, "method": method, "tokens": f"{int(group['tokens'].iloc[0]):,}",
                         "runs": str(len(group)),
