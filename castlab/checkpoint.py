@@ -1,7 +1,7 @@
 """Training checkpoints that load without running code: tensors and plain data only.
 
 A results folder is shared and downloaded, so a ``checkpoint/state.pt`` is a file castlab did not
-just write. ``torch.load(weights_only=False)`` would run any pickle payload inside it; here every
+just write. A full-pickle ``torch.load`` would run any payload inside it; here every
 checkpoint is written as tensors, dicts, lists, tuples, ints, floats, strings and None, and read
 back with ``weights_only=True``, which refuses anything else before executing it. The host RNG
 states (numpy's and Python's, normally tuples holding arrays) are stored as int64 tensors.
