@@ -27,7 +27,8 @@ def check_output_dir(path: str | Path, where: str) -> Path:
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise UserError(f"{where}: cannot create {path}: {parent} is not a directory")
+        what = "is a file, not a directory" if parent.is_file() else "is not a directory"
+        raise UserError(f"{where}: cannot create {path}: {parent} {what}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{where}: cannot create or write {path}: {parent} is not writable")
     return path

@@ -24,6 +24,7 @@ from castlab.law.validate import (
     summarize,
     unidentified_forms,
 )
+from castlab.paths import check_output_dir
 
 
 def register(subparsers) -> None:
@@ -92,10 +93,7 @@ def _pct(v: float) -> str:
 def _out_dir(args, src: Path) -> Path:
     """The output folder, checked before any fitting: an existing file there is refused."""
     out = Path(args.out) if args.out else src.parent / f"{src.stem}-law"
-    for p in (out, *out.parents):
-        if p.exists() and not p.is_dir():
-            raise UserError(f"--out: {p} is a file, allowed a directory (created if missing)")
-    return out
+    return check_output_dir(out, "--out")
 
 
 def fit_law_command(args) -> int:
