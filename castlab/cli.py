@@ -21,7 +21,7 @@ COMMAND_MODULES = [
     "castlab.commands_train",
     "castlab.bench",
     "castlab.sweep.commands",
-    "castlab.eval_commands",
+    "castlab.downstream.commands",
     "castlab.law.commands",
     "castlab.report.commands",
 ]

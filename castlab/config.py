@@ -289,7 +289,7 @@ class TrainConfig:
     final_eval_tokens: int = 0  # validation/test-prefix tokens for the final numbers; 0 = whole split
     checkpoint_every: int = 200  # steps; 0 disables
     threads: int = 0  # torch threads; 0 leaves the default
-    zeroshot_tasks: str = ""  # comma list for castlab.zeroshot after the run ("" = none, "all")
+    zeroshot_tasks: str = ""  # castlab.downstream.zeroshot tasks after the run ("" = none, "all")
     zeroshot_limit: int = 0  # documents per zero-shot task (0 = all)
     sweep: str = "adhoc"
 

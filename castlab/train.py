@@ -537,7 +537,7 @@ def _finish(ctx: RunContext, started: float, steps: int) -> dict:
     counts = count_parameters(model)
     zeroshot = {}
     if cfg.zeroshot_tasks:
-        from castlab.zeroshot import evaluate_zeroshot, row_columns
+        from castlab.downstream.zeroshot import evaluate_zeroshot, row_columns
 
         zeroshot = row_columns(evaluate_zeroshot(model, ctx.tokenizer, cfg.zeroshot_tasks,
                                                  limit=cfg.zeroshot_limit or None))

@@ -32,7 +32,7 @@ cat "$OUT/env.txt"
 # castlab must import on a node without the optional and evaluation-only packages
 $PY - >"$OUT/imports.txt" 2>&1 <<'PY'
 import sys
-import castlab.cli, castlab.train, castlab.commands_train, castlab.eval_commands, castlab.sweep.commands, castlab.bench_gpu  # noqa
+import castlab.cli, castlab.train, castlab.commands_train, castlab.downstream.commands, castlab.sweep.commands, castlab.bench_gpu  # noqa
 castlab.cli.build_parser()
 eager = [m for m in ("lm_eval", "datasets", "ray", "submitit") if m in sys.modules]
 print("eagerly imported:", eager or "none")

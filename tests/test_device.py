@@ -226,7 +226,7 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split('.')[0] in ('lm_eval', 'datasets', 'ray', 'submitit'):
             raise ImportError('blocked ' + name)
 sys.meta_path.insert(0, Block())
-import castlab.cli, castlab.train, castlab.eval_commands, castlab.sweep.commands, castlab.bench_gpu
+import castlab.cli, castlab.train, castlab.downstream.commands, castlab.sweep.commands, castlab.bench_gpu
 castlab.cli.build_parser()
 print('ok')
 """

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from castlab.errors import UserError
-from castlab.export import (
+from castlab.downstream.export import (
     MANIFEST,
     MASK_FILE,
     check_semi_structured,
     export_model,
     time_semi_structured,
 )
+from castlab.errors import UserError
 from castlab.models import build_preset, in_scope_linears, load_pretrained
 from castlab.sparsity.masks import load_mask_file, nm_mask, verify_nm
 

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
+from castlab.downstream.finetune import eval_loss, finetune, masks_from_model
 from castlab.errors import UserError
-from castlab.finetune import eval_loss, finetune, masks_from_model
 from castlab.models import build_preset, in_scope_linears
 from castlab.sparsity.masks import nm_mask, nm_violations
 

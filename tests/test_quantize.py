@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from castlab.downstream.quantize import QuantConfig, quantize_model, quantize_tensor, storage_report
 from castlab.errors import UserError
 from castlab.evaluate import perplexity
 from castlab.models import build_preset, in_scope_linears, load_pretrained
-from castlab.quantize import QuantConfig, quantize_model, quantize_tensor, storage_report
 from castlab.sparsity.masks import group_nonzeros, nm_mask, verify_nm
 
 VOCAB = 64

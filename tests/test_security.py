@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from castlab import checkpoint, zeroshot
+from castlab import checkpoint
 from castlab.cli import main
 from castlab.config import save_yaml
+from castlab.downstream import zeroshot
 from castlab.train import run_training
 from tests.conftest import tiny_config
 

