@@ -12,7 +12,7 @@ import pytest
 from castlab.data import corpus as corpus_mod
 from castlab.data import docsources, sources
 from castlab.data.corpus import PackageCorpus, load_corpus
-from castlab.data.markup import strip_dict_entry, strip_pod, strip_rst
+from castlab.data.markup import strip_asciidoc, strip_dict_entry, strip_html, strip_pod, strip_rst
 from castlab.data.pack import pack_corpus, unpack_corpus
 from castlab.errors import UserError
 
@@ -178,6 +178,78 @@ def test_pack_then_unpack_works_offline(tmp_path, monkeypatch):
         with tarfile.open(bad, "w:xz") as tar:
             tar.add(deb, arcname="corpus/x")
         unpack_corpus(bad)
+
+
+HTML = """<?xml version="1.0"?><html><head><title>2.6. Joins</title><style>p {x}</style></head>
+<body><div class="navheader"><table><tr><td><a href="a.html">Prev</a></td></tr></table></div>
+<div class="sect1"><h2 class="title">2.6. Joins   Between
+   Tables</h2><div class="toc"><dl><dt>2.6.1. Skip me</dt></dl></div><p>
+    Queries that access <em class="firstterm">several</em> tables
+    are called <code>join</code> queries &amp; use &lt;ON&gt;.</p></span>
+<pre class="programlisting">
+SELECT *
+    FROM weather;
+</pre><table><tr><th>Name</th><th>Type</th></tr><tr><td>city</td><td>text</td></tr></table>
+<ul><li><p>First item.</p></li><li>Second<br/>line.</li></ul></div>
+<div class="navfooter"><a href="b.html">Next</a></div></body></html>"""
+
+
+def test_strip_html_keeps_prose_and_code_drops_chrome():
+    assert strip_html(HTML, ("navheader", "navfooter", "toc")).split("\n\n") == [
+        "2.6. Joins Between Tables",
+        "Queries that access several tables are called join queries & use <ON>.",
+        "SELECT *\n    FROM weather;",  # <pre> keeps its line breaks and indentation
+        "Name Type", "city text", "First item.", "Second", "line."]
+    # without skip classes the navigation text and the table of contents stay
+    assert "Prev" in strip_html(HTML) and "Skip me" in strip_html(HTML)
+
+
+ADOC = """git-fake(1)
+===========
+
+NAME
+----
+git-fake - Do 'nothing' with `<paths>`
+
+[[options]]
+== Options
+
+--quiet::
+\tBe quiet; see linkgit:git-log[1] and <<options,the options>>.
++
+include::diff-options.txt[]
+
+[NOTE]
+A *strong* note{litdd}it's fine.
+
+------------
+$ git fake --all
+------------
+"""
+
+
+def test_strip_asciidoc_keeps_words_drops_markup():
+    lines = [ln for ln in strip_asciidoc(ADOC).splitlines() if ln.strip()]
+    assert lines == ["git-fake(1)", "NAME", "git-fake - Do nothing with <paths>", "Options",
+                     "--quiet", "\tBe quiet; see git-log(1) and the options.",
+                     "A strong note--it's fine.", "$ git fake --all"]
+
+
+def test_postgresql_and_git_extraction_from_debs(tmp_path):
+    html = "./usr/share/doc/postgresql-doc-15/html/"
+    pg = make_deb(tmp_path / docsources.POSTGRESQL_DOC.filename, {
+        html + "tutorial-join.html": HTML, html + "bookindex.html": "<p>A, B, C</p>",
+        html + "stylesheet.css": "p {}"})
+    docs = docsources.extract_postgresql_docs({docsources.POSTGRESQL_DOC.filename: pg})
+    assert [d.name for d in docs] == ["postgresql-docs/tutorial-join"]  # index and css skipped
+    assert docs[0].text.startswith("2.6. Joins Between Tables\n\nQueries") and "Prev" not in docs[0].text
+    git = "./usr/share/doc/git-doc/"
+    gd = make_deb(tmp_path / docsources.GIT_DOC.filename, {
+        git + "git-fake.txt": ADOC, git + "git-fake.html": "<p>rendered copy</p>",
+        git + "technical/notes.txt": "= Notes\n\nPlain `text`.\n"})
+    docs = docsources.extract_git_docs({docsources.GIT_DOC.filename: gd})
+    assert [d.name for d in docs] == ["git-docs/git-fake", "git-docs/technical/notes"]
+    assert docs[1].text.strip() == "Notes\n\nPlain text."
 
 
 @pytest.mark.slow

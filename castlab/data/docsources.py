@@ -5,7 +5,8 @@ tokens. Large permissively licensed English text that a package client can fetch
 mostly documentation: Django's docs (PyPI sdist, BSD), and from Debian, where nothing else
 serves them, the CPython manual (PSF licence), the Linux kernel's documentation (GPL-2), the
 Perl manual (Artistic/GPL), SQLAlchemy's, pandas' and SymPy's manuals (MIT/BSD) and GCIDE, the Collaborative International Dictionary of English
-(Webster's 1913 plus WordNet glosses, GPL). Each extractor reads files out of the pinned
+(Webster's 1913 plus WordNet glosses, GPL), the PostgreSQL manual (HTML, PostgreSQL licence) and
+Git's manual pages and guides (AsciiDoc, GPL-2). Each extractor reads files out of the pinned
 archive (a ``.deb`` is read with the standard library: an ``ar`` archive holding
 ``data.tar.xz``) and strips the markup (``castlab.data.markup``). A Debian pin lasts only while
 the Debian archive serves that version; a machine that fetched it once keeps it in the cache.
@@ -20,7 +21,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from castlab.data.markup import strip_dict_entry, strip_pod, strip_rst
+from castlab.data.markup import strip_asciidoc, strip_dict_entry, strip_html, strip_pod, strip_rst
 from castlab.data.sources import Archive, FetchError, RawDocument, TextSource
 
 DJANGO = Archive(
@@ -55,6 +56,14 @@ SYMPY_DOC = Archive(
 GCIDE = Archive(
     "apt", "dict-gcide=0.48.5+nmu2", "dict-gcide_0.48.5+nmu2_all.deb",
     "7b0af5cfde3cbdef5e9d6e78f92ec335ced7c2790f37a40f49bebc6f7347ac0f",
+)
+POSTGRESQL_DOC = Archive(
+    "apt", "postgresql-doc-15=15.20-0+deb12u1", "postgresql-doc-15_15.20-0+deb12u1_all.deb",
+    "4c44bf2c599f208b3f46454a6cf7a72e25ec46ff74d37b59dd31ad76b00eebb7",
+)
+GIT_DOC = Archive(  # apt-get writes the epoch's ':' as %3a in the file name
+    "apt", "git-doc=1:2.39.5-0+deb12u3", "git-doc_1%3a2.39.5-0+deb12u3_all.deb",
+    "3c89668a11053a6bafade3de1f611f4613db31e082af63f43d8c5b69ad8795ec",
 )
 
 
@@ -144,6 +153,28 @@ def extract_sympy_docs(paths: dict[str, Path]) -> list[RawDocument]:
                               r"^\./usr/share/doc/python-sympy-doc/html/_sources/(.+)\.(?:rst|md)\.txt$")
 
 
+# DocBook's per-page navigation bars and chapter tables of contents repeat on every page.
+_POSTGRESQL_CHROME = ("navheader", "navfooter", "toc")
+
+
+def extract_postgresql_docs(paths: dict[str, Path]) -> list[RawDocument]:
+    """The PostgreSQL 15 manual (DocBook HTML), one document per page, navigation stripped;
+    the alphabetical index (``bookindex``: headwords and links, no prose) is left out."""
+    with deb_data(paths[POSTGRESQL_DOC.filename]) as tar:
+        return [RawDocument(f"postgresql-docs/{rel}", f"postgresql-docs/{rel}",
+                            strip_html(text, _POSTGRESQL_CHROME))
+                for rel, text in _members(tar, r"^\./usr/share/doc/postgresql-doc-15/html/(.+)\.html$")
+                if rel != "bookindex"]
+
+
+def extract_git_docs(paths: dict[str, Path]) -> list[RawDocument]:
+    """Git 2.39's manual pages, user manual and technical notes (AsciiDoc ``*.txt``), one
+    document per file; the rendered HTML copies are not read (the same text again)."""
+    with deb_data(paths[GIT_DOC.filename]) as tar:
+        return [RawDocument(f"git-docs/{rel}", f"git-docs/{rel}", strip_asciidoc(text))
+                for rel, text in _members(tar, r"^\./usr/share/doc/git-doc/(.+)\.txt$")]
+
+
 def gcide_documents(dict_data: bytes, index_text: str,
                     entries_per_doc: int = 500) -> list[RawDocument]:
     """GCIDE entries in dictionary order, ``entries_per_doc`` consecutive entries per document.
@@ -216,4 +247,9 @@ DOC_SOURCES: dict[str, TextSource] = {
     "gcide": TextSource((GCIDE,), extract_gcide,
                         "Collaborative International Dictionary of English 0.48 (Debian "
                         "dict-gcide, GPL)"),
+    "postgresql-docs": TextSource((POSTGRESQL_DOC,), extract_postgresql_docs,
+                                  "PostgreSQL 15 manual (Debian postgresql-doc-15, PostgreSQL "
+                                  "licence)"),
+    "git-docs": TextSource((GIT_DOC,), extract_git_docs,
+                           "Git 2.39 manual pages and guides (Debian git-doc, GPL-2)"),
 }
