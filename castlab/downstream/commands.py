@@ -191,7 +191,7 @@ def cmd_export(args) -> int:
         human.append(f"semi-structured check: {len(done)}/{len(checks)} layers converted, worst "
                      f"relative output difference {worst}")
     if args.bench:
-        timing = time_semi_structured(args.bench_size)
+        timing = time_semi_structured(args.bench_size, device=next(model.parameters()).device)
         payload["matmul_timing"] = timing.as_dict()
         human.append(f"{args.bench_size}x{args.bench_size} bf16 linear: dense "
                      f"{timing.dense_ms:.3f} ms, 2:4 {timing.sparse_ms:.3f} ms "

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from castlab.device import cuda_count, prepare_device, resolve_device, synchronize
 from castlab.errors import UserError
 from castlab.models import in_scope_linears
 from castlab.sparsity.masks import nm_mask, nm_violations, save_mask_file
@@ -58,10 +59,18 @@ class LayerCheck:
     skipped: str | None = None  # why the layer could not be converted (e.g. too small)
 
 
-def _need_cuda() -> torch.device:
-    if not torch.cuda.is_available():
-        raise UserError("the 2:4 semi-structured export check needs a CUDA GPU; none is visible")
-    return torch.device("cuda")
+def _cuda_device(device: torch.device | None) -> torch.device:
+    """The CUDA device the 2:4 kernels run on, as castlab.device decides it.
+
+    ``device`` (where the command placed the model) when it is a CUDA device; otherwise the
+    CUDA device castlab.device resolves: the kernels exist only on CUDA, so a model kept on the
+    CPU is still checked on the GPU when there is one.
+    """
+    if device is None or device.type != "cuda":
+        if cuda_count() == 0:
+            raise UserError("the 2:4 semi-structured export check needs a CUDA GPU; none is visible")
+        device = resolve_device("cuda")
+    return prepare_device(device)
 
 
 @torch.no_grad()
@@ -70,9 +79,10 @@ def check_semi_structured(model: nn.Module, dtype: torch.dtype = torch.bfloat16,
     """Convert each in-scope weight to a 2:4 semi-structured tensor and compare layer outputs.
 
     The reference is the same (already masked) weight used densely in the same dtype, so the
-    difference measures only the sparse kernel's accumulation order.
+    difference measures only the sparse kernel's accumulation order. It runs on the model's CUDA
+    device, or on castlab.device's CUDA device when the model is on the CPU.
     """
-    device = _need_cuda()
+    device = _cuda_device(next(model.parameters()).device)
     from torch.sparse import to_sparse_semi_structured
 
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -115,9 +125,13 @@ class MatmulTiming:
 
 @torch.no_grad()
 def time_semi_structured(size: int = 4096, tokens: int = 4096, dtype: torch.dtype = torch.bfloat16,
-                         iters: int = 50, warmup: int = 10) -> MatmulTiming:
-    """Time ``F.linear`` with a ``size``x``size`` 2:4 weight against the dense weight (CUDA)."""
-    device = _need_cuda()
+                         iters: int = 50, warmup: int = 10, device: torch.device | None = None
+                         ) -> MatmulTiming:
+    """Time ``F.linear`` with a ``size``x``size`` 2:4 weight against the dense weight (CUDA).
+
+    ``device``: a CUDA device to time on; None (or the CPU) means castlab.device's CUDA device.
+    """
+    device = _cuda_device(device)
     from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
     torch.manual_seed(0)
@@ -130,12 +144,12 @@ def time_semi_structured(size: int = 4096, tokens: int = 4096, dtype: torch.dtyp
         for _ in range(warmup):
             F.linear(x, w)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
+        synchronize(device)
         start.record()
         for _ in range(iters):
             F.linear(x, w)
         end.record()
-        torch.cuda.synchronize()
+        synchronize(device)
         return start.elapsed_time(end) / iters
 
     dense_ms, sparse_ms = timed(weight), timed(sparse)

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from castlab.device import resolve_device, synchronize
 from castlab.sparsity.adams import AdamS
 
 DEFAULT_SHAPES = ((1024, 1024), (1024, 1024), (4096, 1024), (1024, 4096))  # 10.5M params
@@ -31,13 +32,11 @@ def _params(shapes, device, seed) -> list[torch.nn.Parameter]:
 
 
 def _window(optimizer, steps: int, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -45,7 +44,8 @@ def run_optimizer_bench(shapes=DEFAULT_SHAPES, windows: int = 7, t1: int = 10,
                         device: str | torch.device | None = None, seed: int = 0) -> list[dict]:
     """Rows {bench, measured, unit, target, ok, note}: AdamS step time over AdamW(foreach), the
     target's reference, and over AdamW(fused), torch's fastest AdamW (no target, for context)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # castlab.device decides: a spec string (None = auto) is resolved there, a torch.device is kept
+    device = device if isinstance(device, torch.device) else resolve_device(device or "auto")
     n_params = sum(math.prod(shape) for shape in shapes)
     total = 1000
     adams = AdamS([{"params": _params(shapes, device, seed), "sparse": True}], lr=1e-4,
