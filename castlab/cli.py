@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "castlab.commands_train",
     "castlab.bench",
     "castlab.sweep.commands",
+    "castlab.sweep.teacherpack",
     "castlab.downstream.commands",
     "castlab.law.commands",
     "castlab.report.commands",

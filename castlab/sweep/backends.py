@@ -5,8 +5,8 @@ store, so resume and skip rules do not depend on where runs execute. A backend g
 runs whose prerequisites are done and returns {run_id: outcome}. Add one by writing a class with
 an ``Options`` dataclass and ``execute`` and registering it in ``BACKENDS``.
 
-GPUs: the local backend runs one run per visible GPU at a time, each child pinned to its card
-with ``CUDA_VISIBLE_DEVICES`` (runs with ``device: cpu`` or a fixed ``cuda:N`` go one after
+GPUs: the local backend runs ``runs_per_gpu`` runs (default 1) per visible GPU at a time, each
+child pinned to its card with ``CUDA_VISIBLE_DEVICES`` (runs with ``device: cpu`` or a fixed ``cuda:N`` go one after
 another, as on a CPU machine); Ray pins through ``num_gpus`` (Ray sets the variable for its
 workers); SLURM through submitit's GPU options. This module imports nothing of the plan or the
 sweep file (only for type checking), so ``spec`` can import ``BACKENDS`` without a cycle.
@@ -66,6 +66,13 @@ def visible_gpus() -> list[str]:
     return (listed or [str(i) for i in range(count)])[:count]
 
 
+def gpu_slots(gpus: list[str], runs_per_gpu: int) -> list[str]:
+    """One entry per concurrent run: each GPU id ``runs_per_gpu`` times, cards interleaved
+    (['0', '1', '0', '1'] for two cards and 2 runs each), so a short queue spreads over cards
+    before it doubles up on one."""
+    return [gpu for _ in range(runs_per_gpu) for gpu in gpus]
+
+
 def gpus_per_run(option: float | None, run: PlannedRun) -> float:
     """GPUs a cluster backend requests for a run: the option when set, else 1 for a run whose
     device names CUDA (on a cluster, ``auto`` means what the job was given: 0 GPUs)."""
@@ -81,19 +88,26 @@ def spreads_over_gpus(run: PlannedRun) -> bool:
 
 @dataclass
 class LocalBackend:
-    """Runs on this machine, each in its own child process: one per visible GPU at a time, or
-    one after another without GPUs (parallel runs on one CPU machine only slow each other)."""
+    """Runs on this machine, each in its own child process: ``runs_per_gpu`` per visible GPU at
+    a time, or one after another without GPUs (parallel runs on one CPU machine only slow each
+    other)."""
 
     @dataclass
     class Options:
-        """``gpus``: most GPUs to use at once (null: every visible one; 0: none)."""
+        """``gpus``: most GPUs to use at once (null: every visible one; 0: none).
+        ``runs_per_gpu``: concurrent runs per GPU; small models leave a large card mostly idle
+        (their steps are bound by kernel launches), so several share it."""
 
         gpus: int | None = None
+        runs_per_gpu: int = 1
 
         def validate(self, where: str) -> None:
-            """gpus is a count."""
+            """gpus is a count; runs_per_gpu a whole number >= 1."""
             if self.gpus is not None and self.gpus < 0:
                 raise UserError(f"{where}.gpus: got {self.gpus}, allowed >= 0 or null")
+            k = self.runs_per_gpu
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise UserError(f"{where}.runs_per_gpu: got {k!r}, allowed an integer >= 1")
 
     options: Options = field(default_factory=Options)
     progress: bool = True
@@ -101,7 +115,7 @@ class LocalBackend:
 
     def execute(self, runs: list[PlannedRun], retry_failed: bool) -> dict[str, Outcome]:
         """Run with a bar over runs; CPU runs in turn (the child's own bar shows within each),
-        GPU runs one per card at a time."""
+        GPU runs ``runs_per_gpu`` per card at a time."""
         gpus = visible_gpus() if any(spreads_over_gpus(r) for r in runs) else []
         if self.options.gpus is not None:
             gpus = gpus[:self.options.gpus]
@@ -120,12 +134,14 @@ class LocalBackend:
                     track.end(run.run_id, began, executed=not out[run.run_id].startswith("skip"))
                 _report(bar, run, out[run.run_id])
             if on_gpus:
-                self._execute_on_gpus(on_gpus, gpus, retry_failed, bar, out)
+                slots = gpu_slots(gpus, self.options.runs_per_gpu)
+                self._execute_on_gpus(on_gpus, slots, retry_failed, bar, out)
         return out
 
     def _execute_on_gpus(self, runs: list[PlannedRun], gpus: list[str], retry_failed: bool,
                          bar: tqdm, out: dict[str, Outcome]) -> None:
-        """One worker thread per GPU takes the next run and trains it pinned to its card.
+        """One worker thread per slot (``gpus`` lists a card once per slot) takes the next run
+        and trains it pinned to the slot's card.
 
         The threads are daemons: an interrupted sweep exits, and its children follow (each
         child dies with the sweep, see runner), leaving checkpoints to resume from.
@@ -150,7 +166,7 @@ class LocalBackend:
                     _report(bar, run, outcome)
 
         threads = [threading.Thread(target=worker, args=(gpu,), daemon=True,
-                                    name=f"castlab-gpu-{gpu}") for gpu in gpus]
+                                    name=f"castlab-gpu-{gpu}-{i}") for i, gpu in enumerate(gpus)]
         for thread in threads:
             thread.start()
         for thread in threads:

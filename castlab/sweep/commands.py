@@ -9,7 +9,9 @@ from collections import Counter
 from pathlib import Path
 
 from castlab import store
+from castlab.device import wants_cuda
 from castlab.errors import UserError
+from castlab.sweep import gpu_estimate, phases
 from castlab.sweep.backends import make_backend
 from castlab.sweep.plan import (
     MAX_PLANNED_RUNS,
@@ -33,9 +35,12 @@ LEFT_STATES = ("pending", "running", "corrupt")  # states whose runs a sweep sti
 
 
 def plan_estimates(plan: list[PlannedRun]) -> dict[str, float | None]:
-    """Estimated wall seconds per run id: stored runs' rates, else a few timed steps here."""
-    throughput = measured_throughput(sorted({r.run_dir.parent for r in plan}))
-    return {r.run_id: estimate_seconds(r, throughput, calibrate=True) for r in plan}
+    """Estimated wall seconds per run id: stored runs' rates, else a few timed steps here; a
+    CUDA run from stored CUDA rates, else the H200 throughput model (never timed here)."""
+    dirs = sorted({r.run_dir.parent for r in plan})
+    cpu, gpu = measured_throughput(dirs), measured_throughput(dirs, cuda=True)
+    return {r.run_id: estimate_seconds(r, gpu if wants_cuda(r.config.device) else cpu,
+                                       calibrate=True) for r in plan}
 
 
 def _measured(run_dir: Path) -> float | None:
@@ -46,9 +51,9 @@ def _measured(run_dir: Path) -> float | None:
         return None
 
 
-def plan_table(plan: list[PlannedRun]) -> tuple[list[str], float]:
-    """Lines of the dry-run table (estimate, and the measured time of done runs) and the
-    estimated seconds of work left."""
+def plan_table(plan: list[PlannedRun], spec: SweepSpec | None = None) -> tuple[list[str], float]:
+    """Lines of the dry-run table (estimate, and the measured time of done runs; with ``spec``
+    per-phase totals and wall times on its backend) and the estimated seconds of work left."""
     estimates = plan_estimates(plan)
     lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} {'estimate':>8} {'took':>8}  cell"]
     left = 0.0
@@ -60,21 +65,29 @@ def plan_table(plan: list[PlannedRun]) -> tuple[list[str], float]:
         took = format_seconds(_measured(run.run_dir)) if state == "done" else ""
         lines.append(f"{run.run_id:<22} {run.kind:<7} {state:<8} {format_seconds(seconds):>8} "
                      f"{took:>8}  {run.label}")
+    if spec is not None:
+        lines += phases.phase_summary(plan, estimates, spec, LEFT_STATES)
+        if any(wants_cuda(r.config.device) for r in plan):
+            lines.append(gpu_estimate.assumptions())
     return lines, left
 
 
 def run_sweep(spec: SweepSpec, retry_failed: bool = False, progress: bool = True,
-              tracker: SweepProgress | None = None) -> dict[str, Outcome]:
+              tracker: SweepProgress | None = None, phase: str = "all") -> dict[str, Outcome]:
     """Teachers first, then every run whose teacher is done; returns {run_id: outcome}.
 
+    ``phase`` 'teachers' stops after the teachers; 'students' trains no teacher (the caller
+    checks first that the ones it needs are done, see castlab.sweep.phases).
     ``tracker`` (local backend) prints 'run k of N, elapsed, ETA' above each run's own bar.
     """
     plan = build_plan(spec)
     backend = make_backend(spec.backend_name, spec.backend_options, progress=progress)
     if tracker is not None and hasattr(backend, "tracker"):
         backend.tracker = tracker
-    teachers = [r for r in plan if r.kind == "teacher"]
+    teachers = [r for r in plan if r.kind == "teacher"] if phase != "students" else []
     outcomes = backend.execute(teachers, retry_failed) if teachers else {}
+    if phase == "teachers":
+        return outcomes
     ready, blocked = [], []
     for run in (r for r in plan if r.kind == "run"):
         if run.needs is None or store.run_state(run.needs) == "done":
@@ -121,9 +134,10 @@ def _cmd_sweep(args) -> int:
         lines, identical = verify(spec, args.verify, progress=not args.quiet)
         print("\n".join(lines))
         return 0 if identical else 1
+    phase = getattr(args, "phase", "all")
     if args.dry_run:
-        plan = build_plan(spec)
-        lines, left = plan_table(plan)
+        plan = phases.select(build_plan(spec), phase)
+        lines, left = plan_table(plan, spec)
         print("\n".join(lines))
         counts = Counter(store.run_state(r.run_dir) for r in plan)
         print(f"{len(plan)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
@@ -133,8 +147,10 @@ def _cmd_sweep(args) -> int:
     def stop(signum, frame):  # SIGTERM (scancel, kill) stops as cleanly as Ctrl-C
         raise KeyboardInterrupt
 
+    plan = phases.select(build_plan(spec), phase)
+    if phase == "students":  # never trains a teacher: refuse before anything starts
+        phases.check_teachers_ready(build_plan(spec), args.file)
     previous = signal.signal(signal.SIGTERM, stop)
-    plan = build_plan(spec)
     todo = (*LEFT_STATES, "failed") if args.retry_failed else LEFT_STATES
     # --quiet shows no progress lines: skip the estimate (it may time a few steps per preset)
     every = {} if args.quiet else plan_estimates(plan)
@@ -144,13 +160,13 @@ def _cmd_sweep(args) -> int:
     tracker = SweepProgress(total=len(plan), estimates=estimates, started=started)
     try:
         outcomes = run_sweep(spec, retry_failed=args.retry_failed, progress=not args.quiet,
-                             tracker=tracker)
+                             tracker=tracker, phase=phase)
     finally:
         signal.signal(signal.SIGTERM, previous)
     counts = Counter(outcomes.values())
     _log_invocation(spec, started, counts)
     teachers = sum(r.kind == "teacher" for r in plan)
-    print(f"sweep {spec.name}: {len(outcomes)} runs ({teachers} teacher"
+    print(f"sweep {spec.name}{'' if phase == 'all' else f' (phase {phase})'}: {len(outcomes)} runs ({teachers} teacher"
           f"{'s' * (teachers != 1)} + {len(outcomes) - teachers}) in {format_seconds(time.time() - started)}"
           + (f" (estimated {format_seconds(sum(estimates.values()))} before it started)"
              if estimates else "") + ": "
@@ -277,6 +293,10 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan: run ids, status, estimated time; run nothing")
     p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    p.add_argument("--phase", choices=phases.PHASES, default="all",
+                   help="teachers: only the dense teachers the plan needs (cached under "
+                        "$CASTLAB_CACHE/teachers); students: every other run, refused while a "
+                        "needed teacher is not done; all (default): both")
     p.add_argument("--backend", choices=["local", "ray", "slurm"],
                    help="override the file's backend (with default options)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or child output")

@@ -15,6 +15,7 @@ from typing import Literal
 
 from castlab import store
 from castlab.config import ONESHOT_METHODS, TrainConfig, from_dict
+from castlab.device import wants_cuda
 from castlab.errors import UserError
 from castlab.models import ParamCounts, is_preset
 from castlab.paths import cache_dir
@@ -180,8 +181,9 @@ def build_plan(spec: SweepSpec) -> list[PlannedRun]:
 # ---- estimates -----------------------------------------------------------------------------
 
 
-def measured_throughput(dirs: list[Path]) -> dict[tuple[str, str], float]:
-    """Median tokens/s of finished rows per (model, method), and per (model, '*')."""
+def measured_throughput(dirs: list[Path], cuda: bool = False) -> dict[tuple[str, str], float]:
+    """Median tokens/s of finished rows per (model, method), and per (model, '*'): of rows run
+    on CUDA when ``cuda``, else of the others (a CPU rate says nothing of a GPU run)."""
     import pandas as pd
 
     frames = []
@@ -197,6 +199,9 @@ def measured_throughput(dirs: list[Path]) -> dict[tuple[str, str], float]:
         return {}
     df = pd.concat(frames, ignore_index=True)
     df = df[(df["status"] == "ok") & (df["tokens_per_second"] > 0)]
+    on_cuda = (df["device"].fillna("cpu").astype(str).str.startswith("cuda") if "device" in df
+               else df["status"] != df["status"])
+    df = df[on_cuda if cuda else ~on_cuda]
     out = {(m, meth): float(v) for (m, meth), v in
            df.groupby(["model", "method"])["tokens_per_second"].median().items()}
     out.update({(m, "*"): float(v) for m, v in df.groupby("model")["tokens_per_second"].median().items()})
@@ -206,8 +211,15 @@ def measured_throughput(dirs: list[Path]) -> dict[tuple[str, str], float]:
 def estimate_seconds(run: PlannedRun, throughput: dict[tuple[str, str], float],
                      calibrate: bool = False) -> float | None:
     """Expected wall seconds of a run from stored runs' throughput, else from a few timed steps
-    (``calibrate``; castlab.sweep.estimate), else from DEFAULT_FLOPS."""
+    (``calibrate``; castlab.sweep.estimate), else from DEFAULT_FLOPS. A CUDA run (its device
+    resolves to CUDA) takes ``throughput`` of CUDA rows, else castlab.sweep.gpu_estimate."""
     cfg = run.config
+    if wants_cuda(cfg.device):  # never timed on this CPU: stored CUDA rates or the H200 model
+        from castlab.sweep.gpu_estimate import run_estimate
+
+        rate = throughput.get((cfg.model, cfg.method)) or throughput.get((cfg.model, "*"))
+        est = run_estimate(cfg, rate)
+        return None if est is None else est.seconds
     if cfg.method in ONESHOT_METHODS:
         return STARTUP_SECONDS
     rate = throughput.get((cfg.model, cfg.method)) or throughput.get((cfg.model, "*"))
