@@ -1,4 +1,9 @@
-"""Issue 7's targets, measured from the rows and the stored law study (pure: frames in, text out)."""
+"""The study's summary: what the rows and the stored law study answer (pure: frames in, text out).
+
+Each line is a question a reader of the study asks (how long did the sweep take, how well does
+the law predict the largest budget, does CAST beat the baselines, does its gap to the teacher
+close) with what the study measured; yes/no answers lead where the question has one.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +11,28 @@ import numpy as np
 import pandas as pd
 
 from analysis.lawstudy import predictions_frame
-from analysis.tables import (
-    ARE_TARGET,
-    COVERAGE_TARGET,
-    ONESHOT,
-    SWEEP_LIMIT_SECONDS,
-    TRAINED_BASELINES,
-    cells,
-    f_pct,
-    f_ppl,
-    sizes,
-    teacher_ppl,
-)
+from castlab.report.tables import ONESHOT, cells, f_pct, f_ppl, sizes, teachers
 
-MET, NOT_MET, UNKNOWN = "met", "NOT MET", "not measured"
+TRAINED_BASELINES = ("sr-ste", "ast")
+UNKNOWN = "not measured"
 
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def sweep_target(timing: dict | None) -> tuple[str, str]:
-    """The sweep wall time (teachers cached) against 20 minutes."""
+def _answer(yes: bool, text: str) -> str:
+    return f"{'yes' if yes else 'no'}: {text}"
+
+
+def sweep_time(timing: dict | None) -> str:
+    """The sweep's wall time, teachers cached and from a cold cache where known."""
     if not timing or timing.get("wall_seconds") is None:
-        return ("no sweep timing (pass --sweep-seconds or write sweep_timing.json)", UNKNOWN)
-    wall = float(timing["wall_seconds"])
-    text = f"{_minutes(wall)} with teachers cached"
+        return f"{UNKNOWN} (pass --sweep-seconds or write sweep_timing.json)"
+    text = f"{_minutes(float(timing['wall_seconds']))} with teachers cached"
     if timing.get("cold_cache_wall_seconds") is not None:
         text += f"; {_minutes(float(timing['cold_cache_wall_seconds']))} from a cold cache"
-    if wall <= SWEEP_LIMIT_SECONDS:
-        return text, MET
-    return text, f"{NOT_MET} (over by {_minutes(wall - SWEEP_LIMIT_SECONDS)})"
+    return text
 
 
 def _chosen_total(study: dict) -> pd.DataFrame:
@@ -44,39 +40,32 @@ def _chosen_total(study: dict) -> pd.DataFrame:
     return p[(p["form"] == study.get("chosen")) & (p["target"] == "total") & p["rel_err"].notna()]
 
 
-def are_target(study: dict) -> tuple[str, str]:
-    """Mean held-out PPL ARE of the chosen form predicting D from budgets <= D/4."""
+def quarter_error(study: dict) -> str:
+    """Mean and max held-out PPL ARE of the chosen form predicting D from budgets <= D/4."""
     p = _chosen_total(study)
     p = p[p["scheme"] == "D/4"]
     if p.empty:
-        return "no D/4 -> D prediction (too few budgets or no chosen form)", UNKNOWN
+        return f"{UNKNOWN}: no D/4 -> D prediction of the chosen form (too few budgets)"
     are = p["rel_err"].abs()
-    text = (f"{f_pct(are.mean())} mean, {f_pct(are.max())} max over {len(p)} runs "
-            f"({study['chosen']})")
-    if are.mean() <= ARE_TARGET:
-        return text, MET
-    return text, f"{NOT_MET} (by {100 * (are.mean() - ARE_TARGET):.2f} points)"
+    return f"{f_pct(are.mean())} mean, {f_pct(are.max())} max over {len(p)} runs ({study['chosen']})"
 
 
-def coverage_target(study: dict) -> tuple[str, str]:
+def coverage(study: dict) -> str:
     """Share of the chosen form's held-out PPL points inside their interval (every split)."""
     p = _chosen_total(study)
     p = p[p["lo"].notna()]
     if p.empty:
-        return "no held-out interval (no chosen form or no bootstrap draws)", UNKNOWN
+        return f"{UNKNOWN}: no held-out interval (no chosen form or no bootstrap draws)"
     cov = float(((p["actual"] >= p["lo"]) & (p["actual"] <= p["hi"])).mean())
-    text = (f"{f_pct(cov, digits=0)} of {len(p)} held-out runs "
+    return (f"{f_pct(cov, digits=0)} of {len(p)} held-out runs "
             f"({', '.join(sorted(set(p['scheme'])))}; {study['chosen']})")
-    if cov >= COVERAGE_TARGET:
-        return text, MET
-    return text, f"{NOT_MET} (by {100 * (COVERAGE_TARGET - cov):.0f} points)"
 
 
-def oneshot_target(rows: pd.DataFrame) -> tuple[str, str]:
-    """CAST at every budget beats every one-shot baseline, at every size.
+def versus_oneshot(rows: pd.DataFrame) -> str:
+    """Does CAST at every budget beat every one-shot pruner, at every size?
 
-    One-shot pruning trains on no tokens, so no CAST budget is "equal"; the strict reading is
-    used (even the smallest budget must win) and the text names the budget from which CAST wins.
+    One-shot pruning trains on no tokens, so no CAST budget is "equal": the strict reading (even
+    the smallest budget must win) is answered, and the text names the budget from which CAST wins.
     """
     c = cells(rows)
     parts, ok, seen = [], True, False
@@ -100,12 +89,12 @@ def oneshot_target(rows: pd.DataFrame) -> tuple[str, str]:
                      f"{f_ppl(cast['ppl'].iloc[-1])} at {int(cast['tokens'].iloc[-1]):,}; "
                      f"cast wins {when}")
     if not seen:
-        return "no size with both cast and one-shot runs", UNKNOWN
-    return "; ".join(parts), MET if ok else NOT_MET
+        return f"{UNKNOWN}: no size with both cast and one-shot runs"
+    return _answer(ok, "; ".join(parts))
 
 
-def trained_target(rows: pd.DataFrame) -> tuple[str, str]:
-    """CAST beats sr-ste and ast at their (equal) budget, at every size."""
+def versus_trained(rows: pd.DataFrame) -> str:
+    """Does CAST beat sr-ste and ast at their (equal) budget, at every size (mean over seeds)?"""
     c = cells(rows)
     parts, ok, seen = [], True, False
     for model in sizes(rows):
@@ -115,19 +104,18 @@ def trained_target(rows: pd.DataFrame) -> tuple[str, str]:
                 if cast.empty:
                     continue
                 seen = True
-                win = bool(cast["ppl"].iloc[0] < r.ppl)
-                ok &= win
+                ok &= bool(cast["ppl"].iloc[0] < r.ppl)
                 parts.append(f"{model} {r.tokens:,}: cast {f_ppl(cast['ppl'].iloc[0])} vs "
                              f"{method} {f_ppl(r.ppl)}")
     if not seen:
-        return "no sr-ste / ast run with a cast run at the same budget", UNKNOWN
-    return "; ".join(parts), MET if ok else NOT_MET
+        return f"{UNKNOWN}: no sr-ste / ast run with a cast run at the same budget"
+    return _answer(ok, "; ".join(parts))
 
 
-def gap_target(rows: pd.DataFrame) -> tuple[str, str]:
-    """CAST's PPL gap to the dense teacher shrinks at every step up in budget, at every size."""
+def teacher_gap(rows: pd.DataFrame) -> str:
+    """Does CAST's PPL gap to the dense teacher shrink at every step up in budget, at every size?"""
     c = cells(rows)
-    teach = teacher_ppl(rows)
+    teach = teachers(rows).set_index("model")["ppl"]
     parts, ok, seen = [], True, False
     for model in sizes(rows):
         cast = c[(c["model"] == model) & (c["method"] == "cast")].sort_values("tokens")
@@ -138,34 +126,32 @@ def gap_target(rows: pd.DataFrame) -> tuple[str, str]:
         ok &= bool(np.all(np.diff(gaps) < 0))
         parts.append(f"{model}: " + " -> ".join(f_pct(g, signed=True, digits=1) for g in gaps))
     if not seen:
-        return "no size with cast runs at two budgets", UNKNOWN
-    return "; ".join(parts), MET if ok else NOT_MET
+        return f"{UNKNOWN}: no size with cast runs at two budgets"
+    return _answer(ok, "; ".join(parts))
 
 
-def _law_checks(study: dict) -> list[tuple[str, tuple[str, str]]]:
-    return [
-        (f"held-out PPL ARE <= {f_pct(ARE_TARGET, digits=1)} predicting D from budgets <= D/4",
-         are_target(study)),
-        (f"{study.get('level', 0.9):.0%} intervals cover >= {f_pct(COVERAGE_TARGET, digits=0)} "
-         "of held-out runs", coverage_target(study)),
+def _law_lines(study: dict) -> list[tuple[str, str]]:
+    return [("held-out PPL error predicting D from budgets <= D/4", quarter_error(study)),
+            (f"share of held-out runs inside the {study.get('level', 0.9):.0%} interval",
+             coverage(study))]
+
+
+def law_side_by_side(study: dict, other: dict, other_name: str) -> pd.DataFrame:
+    """The law lines of ``study`` (the main study) next to those of ``other``."""
+    return pd.DataFrame([{"question": q, "main study": m, other_name: o}
+                         for (q, m), (_, o) in zip(_law_lines(study), _law_lines(other),
+                                                   strict=True)])
+
+
+def summary_table(rows: pd.DataFrame, study: dict) -> pd.DataFrame:
+    """The study's summary: each question with what was measured."""
+    lines = [
+        ("sweep wall time", sweep_time(study.get("sweep_timing"))),
+        *_law_lines(study),
+        ("does CAST beat one-shot magnitude / Wanda / SparseGPT at every budget and size?",
+         versus_oneshot(rows)),
+        ("does CAST beat sr-ste and ast at their budget (mean over seeds)?", versus_trained(rows)),
+        ("does CAST's PPL gap to the dense teacher shrink as D grows (gap per budget)?",
+         teacher_gap(rows)),
     ]
-
-
-def law_targets_side_by_side(study: dict, other: dict, other_name: str) -> pd.DataFrame:
-    """The law targets of ``study`` (the main study) next to those of ``other``."""
-    return pd.DataFrame([{"target": name, "main study": f"{m} ({v})", other_name: f"{om} ({ov})"}
-                         for (name, (m, v)), (_, (om, ov))
-                         in zip(_law_checks(study), _law_checks(other), strict=True)])
-
-
-def targets_table(rows: pd.DataFrame, study: dict) -> pd.DataFrame:
-    """Every target of issue 7 with its measured value and met / NOT MET / not measured."""
-    checks = [
-        ("sweep wall time <= 20 min", sweep_target(study.get("sweep_timing"))),
-        *_law_checks(study),
-        ("CAST beats one-shot magnitude / Wanda / SparseGPT at every size", oneshot_target(rows)),
-        ("CAST beats sr-ste and ast at equal budget", trained_target(rows)),
-        ("CAST's PPL gap to the dense teacher shrinks as D grows (gap per budget, ascending)",
-         gap_target(rows)),
-    ]
-    return pd.DataFrame([{"target": name, "measured": m, "verdict": v} for name, (m, v) in checks])
+    return pd.DataFrame([{"question": q, "measured": m} for q, m in lines])

@@ -33,6 +33,7 @@ from castlab.law.validate import choose_form as choose_among
 from castlab.law.validate import (
     distance as validate_distance,
 )
+from castlab.report.study import Study as ReportStudy
 
 SCHEMES = ("D/2", "D/4", "size")
 TARGETS = ("total", "gap")
@@ -250,6 +251,35 @@ def run_study(rows: pd.DataFrame, draws: int = 1000, heldout_draws: int = 200,
                                    "tau": boot.tau}})
         law = Law(fit, boot, cast.sizes(), level)
     return Study(data, law, cast)
+
+
+def stored_law(rows: pd.DataFrame, data: dict) -> Study:
+    """The stored study ``data`` with its chosen law rebuilt: the chosen form refitted on every
+    cast run with the stored draws, seed and extrapolation term, which ``run_study`` does too
+    (same seeds: the same fit and bootstrap). Seconds, not the minutes of the held-out study."""
+    cast = points_from_frame(rows, "cast", where="results")
+    chosen, boot_data = data.get("chosen"), data.get("bootstrap")
+    if chosen is None or boot_data is None:
+        return Study(data, None, cast)
+    fit = fit_form(chosen, cast)
+    boot = bootstrap(fit, cast, draws=data["draws"], seed=data["seed"])
+    boot.tau = float(boot_data["tau"])
+    return Study(data, Law(fit, boot, cast.sizes(), data["level"]), cast)
+
+
+def for_figures(study: Study) -> ReportStudy:
+    """The study as castlab.report's Study, so castlab.report.figures draws it: the chosen law,
+    its points and the total-PPL held-out predictions in castlab.report's column names."""
+    data = study.data
+    p = predictions_frame(data.get("heldout", []))
+    p = p[(p["target"] == "total") & p["rel_err"].notna()]
+    heldout = pd.DataFrame({
+        "form": p["form"], "scheme": p["scheme"], "size": p["size"], "tokens": p["tokens"],
+        "ppl": p["actual"], "pred_ppl": p["pred"], "lo_ppl": p["lo"], "hi_ppl": p["hi"],
+        "rel_err": p["rel_err"], "are": p["rel_err"].abs(), "distance": p["distance"],
+        "covered": (p["actual"] >= p["lo"]) & (p["actual"] <= p["hi"])})
+    return ReportStudy(level=data.get("level", 0.9), heldout=heldout, chosen=data.get("chosen"),
+                       law=study.law, points=study.cast, error=data.get("error", ""))
 
 
 def _records(preds: pd.DataFrame) -> list[dict]:

@@ -1,7 +1,13 @@
 """Generate analysis/REPORT.md and its figures from the shipped reference results.
 
+A thin script over `castlab report` (castlab/report/): the tables of the rows (headline, cells,
+convergence, paired tests, mask life, seed noise, runs) and the figures are castlab's. What is
+specific to the shipped CPU studies lives here: shipping a sweep into results/reference, the law
+study stored as JSON (held-out total and gap-to-twin errors, hash-checked against the rows), the
+earlier study (RESULTS_v1) and the long-budget companion (RESULTS_long) beside the main one.
+
     python -m analysis.make_report                                  # refit the law, write all
-    python -m analysis.make_report --reuse-law                      # tables from the stored law
+    python -m analysis.make_report --reuse-law                      # from the stored law study
     python -m analysis.make_report --ship-from results/opt_family   # copy a sweep in, then write
 
 The long-budget companion sweep (sweeps/opt_family_long.yaml) is shipped into the sibling folder
@@ -25,10 +31,7 @@ import sys
 import warnings
 from pathlib import Path
 
-import yaml
-
-from analysis.figures import FIGURES, law_figures, methods_figure
-from analysis.lawstudy import run_study
+from analysis.lawstudy import for_figures, run_study, stored_law
 from analysis.report import render
 from castlab import store
 from castlab.errors import UserError
@@ -36,6 +39,8 @@ from castlab.law.bootstrap import DEFAULT_DRAWS, DEFAULT_LEVEL
 from castlab.law.forms import FORMS, get_form
 from castlab.law.points import points_from_frame
 from castlab.law.validate import HELDOUT_DRAWS
+from castlab.report.figures import draw_all
+from castlab.report.runs import teacher_info
 
 DEFAULT_RESULTS = Path("results/reference/opt_family")
 DEFAULT_REPORT = Path("analysis/REPORT.md")
@@ -55,7 +60,7 @@ def companion_of(results: Path) -> Path:
     return results.with_name(results.name + "_long")
 
 
-# The earlier reference study (rows + law study); its targets are shown beside the current ones.
+# The earlier reference study (rows + law study); its summary is shown beside the current one.
 PREVIOUS_RESULTS = previous_of(DEFAULT_RESULTS)
 COMPANION_RESULTS = companion_of(DEFAULT_RESULTS)
 
@@ -89,26 +94,6 @@ def ship(src: Path, dst: Path) -> tuple[int, list[str]]:
     pending = sorted(str(p.parent.relative_to(src)) for p in src.rglob(store.CONFIG_FILE)
                      if p.parent not in set(runs))
     return len(runs), pending
-
-
-def teacher_info(rows) -> dict[str, dict]:
-    """Per model: the teacher's pretraining tokens / seq_len / seed, read from its config.yaml.
-
-    Rows carry the teacher's model directory as ``init``; its run directory holds config.yaml.
-    Models whose teacher is not on this machine are left out (the report says 'unknown').
-    """
-    out: dict[str, dict] = {}
-    if "init" not in rows:
-        return out
-    for model, init in rows.dropna(subset=["init"]).groupby("model")["init"].first().items():
-        cfg = Path(str(init)).parent / store.CONFIG_FILE
-        try:
-            data = yaml.safe_load(cfg.read_text())
-        except (OSError, yaml.YAMLError):
-            continue
-        if isinstance(data, dict) and data.get("method") == "dense":
-            out[str(model)] = {k: data.get(k) for k in ("tokens", "seq_len", "seed")}
-    return out
 
 
 def sweep_timing(results: Path, seconds: float | None, cold: float | None) -> dict | None:
@@ -182,7 +167,7 @@ def companion_study(folder: Path, refit: dict | None = None) -> tuple | None:
 
 
 def generate(args) -> int:
-    """Fit (or reuse) the law study, draw the figures, write REPORT.md."""
+    """Fit (or reuse) the law study, draw castlab.report's figures, write REPORT.md."""
     results = Path(args.results)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -193,7 +178,8 @@ def generate(args) -> int:
     report, figures = Path(args.report), Path(args.figures)
     refit = None  # run_study's arguments, shared by the main and the companion study
     if args.reuse_law:
-        data = stored_study(rows, law_path)
+        study = stored_law(rows, stored_study(rows, law_path))
+        data = study.data
     else:
         forms = None
         if args.forms:
@@ -207,24 +193,22 @@ def generate(args) -> int:
         data["teachers"] = teacher_info(rows)
         data["results"] = results.as_posix()
         data["law_json"] = law_path.as_posix()
-        figures.mkdir(parents=True, exist_ok=True)
-        drawn = [methods_figure(rows, figures / FIGURES["ppl_vs_tokens"])]
-        drawn += law_figures(study, figures)
-        keys = {v: k for k, v in FIGURES.items()}
-        data["figures"] = {keys[p.name]: _rel(p, report.parent) for p in drawn}
+    draw_all(rows, for_figures(study), figures)
     timing = sweep_timing(results, args.sweep_seconds, args.cold_sweep_seconds)
     if timing is not None or "sweep_timing" not in data:
         data["sweep_timing"] = timing
     law_path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=1) + "\n"
-    law_path.write_text(text)
+    if not law_path.is_file() or law_path.read_text() != text:  # a reused study stays untouched
+        law_path.write_text(text)
     report.parent.mkdir(parents=True, exist_ok=True)
     # Rendered from the JSON as written, exactly what the drift test will read back.
     previous, companion = previous_of(results), companion_of(results)
     report.write_text(render(rows, json.loads(text), load_previous(previous), previous.as_posix(),
-                             companion_study(companion, refit), companion.as_posix()))
+                             companion_study(companion, refit), companion.as_posix(),
+                             _rel(figures, report.parent)))
     print(f"make_report: {len(rows)} runs from {results}; chosen form {data.get('chosen')}; "
-          f"wrote {report}, {law_path}" + ("" if args.reuse_law else f", figures in {figures}"))
+          f"wrote {report}, figures in {figures}" + ("" if args.reuse_law else f", {law_path}"))
     return 0
 
 
@@ -241,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "(result.parquet, curve.parquet, config.yaml) to --results")
     p.add_argument("--ship-only", action="store_true", help="with --ship-from: copy, write nothing")
     p.add_argument("--reuse-law", action="store_true",
-                   help="rebuild the tables from the stored law study: no refit, no figures")
+                   help="the tables and figures from the stored law study: no held-out refits")
     p.add_argument("--sweep-seconds", type=float,
                    help=f"sweep wall time, teachers cached (default: RESULTS/{TIMING_FILE})")
     p.add_argument("--cold-sweep-seconds", type=float, help="sweep wall time from a cold cache")

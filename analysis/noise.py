@@ -1,4 +1,7 @@
-"""Seed noise at the repeated cells and the held-out errors measured against it (pure)."""
+"""The stored law study's held-out errors against the seed noise of their size (pure).
+
+The seed noise itself (PPL sd at the repeated cells) is castlab.report.runs.seed_noise.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +9,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.lawstudy import predictions_frame
-from analysis.tables import DASH, SCHEME_LABEL, cells, f_int, f_pct, f_ppl, ok_rows, sizes
-
-
-def seed_noise(rows: pd.DataFrame) -> pd.DataFrame:
-    """Cells run with more than one seed: PPL mean, sd (ddof 1) and sd as a fraction of PPL."""
-    c = cells(rows)
-    if c.empty:
-        return c
-    rep = c[c["n_seeds"] > 1]
-    return rep.assign(rel_sd=rep["ppl_sd"] / rep["ppl"])
-
-
-def seed_noise_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Seed noise at the repeated cells as text."""
-    s = seed_noise(rows)
-    if s.empty:
-        return pd.DataFrame(columns=["size", "method", "tokens", "seeds", "PPL mean", "PPL sd",
-                                     "sd % of PPL"])
-    return pd.DataFrame({"size": s["model"], "method": s["method"], "tokens": s["tokens"].map(f_int),
-                         "seeds": s["seeds"], "PPL mean": s["ppl"].map(f_ppl),
-                         "PPL sd": s["ppl_sd"].map(f_ppl), "sd % of PPL": s["rel_sd"].map(f_pct)})
+from analysis.tables import SCHEME_LABEL
+from castlab.report.runs import seed_noise
+from castlab.report.tables import DASH, f_pct, ok_rows, sizes
 
 
 def gap_noise(rows: pd.DataFrame) -> dict[str, float]:

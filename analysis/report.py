@@ -11,10 +11,15 @@ import re
 import pandas as pd
 
 from analysis import noise as N
-from analysis import paired as P
 from analysis import tables as T
-from analysis.targets import law_targets_side_by_side, targets_table
+from analysis.findings import law_side_by_side, summary_table
 from castlab.law.forms import FORMS
+from castlab.report import paired as P
+from castlab.report import runs as R
+from castlab.report.figures import FIGURES
+from castlab.report.render import MASK_LIFE_TEXT, PAIRED_TEXT
+from castlab.report.tables import convergence_table, headline_table, markdown
+from castlab.sweep.commands import TEACHER_CONVERGENCE_TOLERANCE
 
 MARKER = re.compile(r"<!-- begin:(?P<name>[\w-]+) -->\n(?P<body>.*?)\n<!-- end:(?P=name) -->",
                     re.S)
@@ -24,41 +29,41 @@ def blocks(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
            companion: tuple[pd.DataFrame, dict] | None = None) -> dict[str, str]:
     """Every marked block of the report, name -> markdown text.
 
-    ``previous`` (rows, law study) of an earlier reference study adds its targets table, so the
-    report shows the targets before and after the fixes made in between. ``companion`` (rows, law
-    study) of the long-budget companion sweep adds its PPL, held-out and shock tables.
+    ``previous`` (rows, law study) of the earlier reference study adds its summary, so the report
+    shows both studies' answers side by side. ``companion`` (rows, law study) of the long-budget
+    companion sweep adds its PPL, held-out and shock tables.
     """
-    out = {"targets": T.markdown(targets_table(rows, study)),
-           "headline": T.markdown(T.headline_table(rows)),
-           "cells": T.markdown(T.ppl_table(rows, study.get("teachers"))),
-           "convergence": T.markdown(T.convergence_table(rows)),
+    out = {"summary": markdown(summary_table(rows, study)),
+           "headline": markdown(headline_table(rows)),
+           "cells": markdown(R.ppl_table(rows, study.get("teachers"))),
+           "convergence": markdown(convergence_table(rows)),
            "law-chosen": law_sentence(study),
-           "law-params": T.markdown(T.params_table(study)),
-           "heldout-total": T.markdown(T.heldout_table(study, "total")),
-           "heldout-gap": T.markdown(T.heldout_table(study, "gap")),
-           "heldout-points": T.markdown(T.chosen_points_table(study)),
-           "seed-noise": T.markdown(N.seed_noise_table(rows)),
-           "noise-vs-error": T.markdown(N.noise_table(rows, study)),
+           "law-params": markdown(T.params_table(study)),
+           "heldout-total": markdown(T.heldout_table(study, "total")),
+           "heldout-gap": markdown(T.heldout_table(study, "gap")),
+           "heldout-points": markdown(T.chosen_points_table(study)),
+           "seed-noise": markdown(R.seed_noise_table(rows)),
+           "noise-vs-error": markdown(N.noise_table(rows, study)),
            "noise-sentence": N.noise_sentence(rows, study),
-           "runs": T.markdown(T.runs_table(rows)),
-           "shock-by-budget": T.markdown(T.shock_by_budget_table(rows)),
-           "best-sparse": T.markdown(P.best_sparse_table(rows)),
-           "paired": T.markdown(P.paired_table(rows)),
-           "mask-life": T.markdown(P.mask_life_table(rows))}
+           "runs": markdown(R.runs_table(rows)),
+           "shock-by-budget": markdown(T.shock_by_budget_table(rows)),
+           "best-sparse": markdown(P.best_sparse_table(rows)),
+           "paired": markdown(P.paired_table(rows)),
+           "mask-life": markdown(P.mask_life_table(rows))}
     if previous is not None:
-        out["previous-targets"] = T.markdown(targets_table(*previous))
+        out["previous-summary"] = markdown(summary_table(*previous))
     if companion is not None:
         c_rows, c_study = companion
-        out |= {"companion-targets": T.markdown(law_targets_side_by_side(
+        out |= {"companion-summary": markdown(law_side_by_side(
                     study, c_study, "long-budget companion")),
-                "companion-headline": T.markdown(T.headline_table(c_rows)),
+                "companion-headline": markdown(headline_table(c_rows)),
                 "companion-law-chosen": law_sentence(c_study),
-                "companion-heldout-total": T.markdown(T.heldout_table(c_study, "total")),
-                "companion-points": T.markdown(T.chosen_points_table(c_study)),
-                "companion-noise": T.markdown(N.noise_table(c_rows, c_study)),
-                "companion-shock": T.markdown(T.shock_by_budget_table(c_rows))}
-    failed = T.failed_table(rows)
-    out["failed"] = T.markdown(failed) if len(failed) else "No run failed."
+                "companion-heldout-total": markdown(T.heldout_table(c_study, "total")),
+                "companion-points": markdown(T.chosen_points_table(c_study)),
+                "companion-noise": markdown(N.noise_table(c_rows, c_study)),
+                "companion-shock": markdown(T.shock_by_budget_table(c_rows))}
+    failed = R.failed_table(rows)
+    out["failed"] = markdown(failed) if len(failed) else "No run failed."
     return out
 
 
@@ -81,16 +86,25 @@ def _block(name: str, body: str) -> str:
     return f"<!-- begin:{name} -->\n{body}\n<!-- end:{name} -->"
 
 
-def _figure(study: dict, key: str, alt: str) -> str:
-    path = study.get("figures", {}).get(key)
-    return f"![{alt}]({path})" if path else f"({alt}: not drawn)"
+def _figure(key: str, alt: str, figures: str, drawn: bool = True) -> str:
+    """A figure drawn by castlab.report.figures into ``figures`` (relative to the report)."""
+    return f"![{alt}]({figures}/{FIGURES[key]})" if drawn else f"({alt}: no chosen law form)"
+
+
+def law_figures_drawn(study: dict) -> bool:
+    """Whether castlab.report.figures.draw_all draws the held-out figures of this study: a chosen
+    form with scored held-out predictions."""
+    return study.get("chosen") is not None and any(
+        r.get("form") == study["chosen"] and r.get("target") == "total"
+        and r.get("rel_err") is not None and r["rel_err"] == r["rel_err"]
+        for r in study.get("heldout", []))
 
 
 def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] | None = None,
            previous_source: str = "", companion: tuple[pd.DataFrame, dict] | None = None,
-           companion_source: str = "") -> str:
+           companion_source: str = "", figures: str = "figures") -> str:
     """The whole of REPORT.md (``previous``, ``companion``: see ``blocks``; ``*_source`` their
-    folders)."""
+    folders; ``figures`` the figure folder relative to the report)."""
     b = {k: _block(k, v) for k, v in blocks(rows, study, previous, companion).items()}
     src = study.get("results", "results/reference/opt_family")
     law_json = study.get("law_json", f"{src}/report_law.json")
@@ -101,34 +115,31 @@ def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
         "",
         f"Generated by `analysis/make_report.py` from the result rows under `{src}` and the law "
         f"study stored in `{law_json}`. Regenerate with `python -m analysis.make_report` "
-        "(refits the law, redraws the figures) or `python -m analysis.make_report --reuse-law` "
-        "(tables only, from the stored law study); `tests/test_report.py` fails when a block "
+        "(refits the law study) or `python -m analysis.make_report --reuse-law` "
+        "(from the stored law study; the figures are redrawn either way); the tables and figures "
+        "of the rows are `castlab report`'s (castlab/report/). `tests/test_report.py` fails when "
+        "a block "
         "below no longer matches the data. PPL is exp of the validation cross-entropy (nats per "
         "token) on the validation split, 2:4 sparsity for every sparse method.",
         "",
-        "## Targets (issue 7)", "", b["targets"], "",
+        "## Summary", "", b["summary"], "",
         "## PPL per size, method and training tokens", "",
         "Budget columns are tokens of (sparsity-aware) training after the dense teacher; the "
         "`0 tokens` column holds the teacher itself and the one-shot pruners applied to it. "
         "`±` is the sd over seeds where a cell was repeated.", "", b["headline"], "",
-        _figure(study, "ppl_vs_tokens", "validation PPL vs training tokens per size and method"),
+        _figure("ppl_vs_tokens", "validation PPL vs training tokens per size and method, the law "
+                "fitted to CAST with its band, the dense teacher and dense-kd twin as references",
+                figures),
         "", "Every cell with its settings:", "", b["cells"], "",
         "## CAST against each sparse baseline, paired by seed", "",
         "Every sparse method at each size's largest budget (one-shot pruners at 0 tokens), mean "
         "± sd PPL over seeds, and the method with the lowest mean:", "", b["best-sparse"], "",
-        "Paired over sizes x seeds (a trained baseline at the same budget and seed; a one-shot "
-        "pruner with the same calibration-sample seed): d = ln PPL_cast - ln PPL_baseline per "
-        "pair, the paired t test of mean d = 0 and the two-sided sign test of CAST winning half "
-        "the pairs (scipy.stats; analysis/paired.py).", "", b["paired"], "",
-        "## The life of the masks", "",
-        "At the largest budget: the fraction of mask entries that differ from the step-0 mask "
-        "half-way (T/2) and at the end, the mean fraction flipped per refresh over every "
-        "refresh, the mean step of the masked weights towards zero per step in units of lr "
-        "(sampled at the step before each eval), the prune shock and masked/kept |weight|.", "",
-        b["mask-life"], "",
+        PAIRED_TEXT, "", b["paired"], "",
+        "## The life of the masks", "", MASK_LIFE_TEXT, "", b["mask-life"], "",
         "## Teacher convergence", "",
-        "Dense-KD at the largest budget may improve its teacher's PPL by at most 2%; more means "
-        "the sparse curve would partly measure leftover pretraining.", "", b["convergence"], "",
+        f"Dense-KD at the largest budget may improve its teacher's PPL by at most "
+        f"{TEACHER_CONVERGENCE_TOLERANCE:.0%}; more means the sparse curve would partly measure "
+        "leftover pretraining.", "", b["convergence"], "",
         "## Scaling law fitted to the CAST runs", "", b["law-chosen"], "", b["law-params"], "",
         "### Held-out error: total sparse PPL", "",
         "Each form is refitted on the training runs of a split only. `D/2 -> D` and `D/4 -> D` "
@@ -144,9 +155,10 @@ def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
         "column is relative to the excess (ratio - 1), the part sparsity costs.", "",
         b["heldout-gap"], "",
         "### The chosen form's held-out predictions", "", b["heldout-points"], "",
-        _figure(study, "pred_vs_actual", "predicted vs actual PPL"), "",
-        _figure(study, "law_ppl_vs_tokens", "the law's PPL vs tokens with its prediction band"),
-        "", _figure(study, "residuals", "held-out error vs extrapolation distance"), "",
+        _figure("pred_vs_actual", "held-out predicted vs actual PPL", figures,
+                law_figures_drawn(study)), "",
+        _figure("residuals", "held-out error vs extrapolation distance", figures,
+                law_figures_drawn(study)), "",
         "## Seed noise next to the prediction errors", "",
         "PPL sd over seeds (ddof 1) at the repeated cells:", "", b["seed-noise"], "",
         "The chosen form's mean held-out PPL ARE per size, beside the noise floor (the seed sd "
@@ -157,14 +169,15 @@ def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
         "masked/kept is mean |masked| / mean |kept| weight at the end. Wall seconds cover one "
         "run each; teacher pretraining (cached, shared by every sweep) is not included.", "",
         b["runs"], "", b["failed"], "",
-        "## Why the law targets are missed", "",
+        "## Why the D/4 -> D predictions miss", "",
         "CAST per budget, over sizes and seeds. A law fitted on budgets <= D/4 learns from runs "
         "whose final hard prune still costs a large shock (AdamS has not yet pulled the masked "
         "weights to zero in so few steps), then predicts D where the shock is gone: it "
         "extrapolates the steep descent of the shock regime and predicts too low a PPL (see the "
         "bias of the D/4 rows above). More budget steps per token (smaller batches), or budgets "
         "whose smallest member already completes the decay, would keep the fitted runs in the "
-        "regime they predict; both cost sweep time this machine does not have within 20 minutes.",
+        "regime they predict; both cost sweep time that a sweep sized to about 20 minutes on "
+        "2 CPU cores does not have.",
         "", b["shock-by-budget"], "",
     ]
     if companion is not None:
@@ -177,18 +190,18 @@ def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
             "the explanation above: if the D/4 miss comes from fitting shock-regime runs, the "
             "same forms should predict D from D/4 here. The law study is stored in "
             f"`{companion_source}/report_law.json`.", "",
-            b["companion-targets"], "",
+            b["companion-summary"], "",
             b["companion-headline"], "", b["companion-shock"], "", b["companion-law-chosen"], "",
             b["companion-heldout-total"], "", b["companion-points"], "", b["companion-noise"], ""]
-    if "previous-targets" in b:
+    if "previous-summary" in b:
         parts += [
-            "## The earlier study, before the fixes", "",
-            f"The same targets on the earlier reference study (`{previous_source}`): lambda auto "
-            "factor 3 (now 300), budgets 16k-262k tokens spanning 16x (now 16k-131k, 8x, to fit "
-            "the time target), teachers on 4M tokens (now 3M), repeated seeds only at the largest "
+            "## The earlier study", "",
+            f"The same summary of the earlier reference study (`{previous_source}`): lambda auto "
+            "factor 3 (now 300), budgets 16k-262k tokens spanning 16x (now 16k-131k, 8x, to keep "
+            "the sweep near 20 minutes), teachers on 4M tokens (now 3M), repeated seeds only at the largest "
             "budget (now at the smallest too), sr-ste / ast at 65k tokens (now at the largest "
             "budget), one exec'd process per run (now forked from a warm server).", "",
-            b["previous-targets"], ""]
+            b["previous-summary"], ""]
     return "\n".join(parts)
 
 

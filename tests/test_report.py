@@ -1,5 +1,6 @@
-"""analysis/make_report.py: table builders against hand-computed values, the held-out splits, the
-ship step, and the drift check of the shipped REPORT.md against results/reference/opt_family."""
+"""analysis/make_report.py: the law tables and the summary against hand-computed values, the
+held-out splits, the ship step, and the drift check of the shipped REPORT.md against
+results/reference/opt_family. (The tables of the rows are castlab.report's: test_report_runs.)"""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_report_runs import RUNS, make_store
 
 from castlab import store
 from castlab.law.points import Points
 from castlab.law.synthetic import CASES, synthetic_points
+from castlab.report.runs import failed_table
+from castlab.report.tables import headline_table, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # analysis/ is a folder of the repo, not part of the castlab package
     sys.path.insert(0, str(ROOT))
 
-from analysis import lawstudy, noise, report, tables, targets  # noqa: E402
+from analysis import findings, lawstudy, noise, report, tables  # noqa: E402
 from analysis.make_report import (  # noqa: E402
     COMPANION_RESULTS,
     LAW_FILE,
@@ -36,50 +40,6 @@ from analysis.make_report import (  # noqa: E402
 
 REFERENCE = ROOT / "results" / "reference" / "opt_family"
 REPORT = ROOT / "analysis" / "REPORT.md"
-
-TEACHER = {"opt-a": 50.0, "opt-b": 40.0}
-N = {"opt-a": 1000, "opt-b": 4000}
-# (model, method, tokens, seed, ppl): hand-chosen so every expectation below is computable by hand.
-RUNS = [
-    ("opt-a", "dense-kd", 1000, 0, 49.9), ("opt-a", "dense-kd", 2000, 0, 49.8),
-    ("opt-a", "dense-kd", 4000, 0, 49.0), ("opt-a", "dense-kd", 4000, 1, 49.5),
-    ("opt-a", "dense-kd", 4000, 2, 50.5),
-    ("opt-a", "cast", 1000, 0, 80.0), ("opt-a", "cast", 2000, 0, 70.0),
-    ("opt-a", "cast", 4000, 0, 60.0), ("opt-a", "cast", 4000, 1, 62.0),
-    ("opt-a", "cast", 4000, 2, 64.0),
-    ("opt-a", "sr-ste", 2000, 0, 72.0), ("opt-a", "ast", 2000, 0, 69.0),
-    ("opt-a", "magnitude", 0, 0, 90.0), ("opt-a", "wanda", 0, 0, 85.0),
-    ("opt-a", "sparsegpt", 0, 0, 81.0),
-    ("opt-b", "dense-kd", 1000, 0, 39.5), ("opt-b", "dense-kd", 2000, 0, 39.2),
-    ("opt-b", "dense-kd", 4000, 0, 38.8),
-    ("opt-b", "cast", 1000, 0, 66.0), ("opt-b", "cast", 2000, 0, 58.0),
-    ("opt-b", "cast", 4000, 0, 59.0),
-    ("opt-b", "magnitude", 0, 0, 90.0), ("opt-b", "wanda", 0, 0, 80.0),
-    ("opt-b", "sparsegpt", 0, 0, 65.0),
-]
-
-
-def make_store(root: Path) -> Path:
-    """A results store of RUNS (plus one failed run), written with castlab.store.write_row."""
-    for i, (model, method, tokens, seed, ppl) in enumerate(RUNS):
-        sparse = method != "dense-kd"
-        row = {"run_id": f"run{i:02d}", "sweep": "t", "method": method, "model": model,
-               "params_non_embedding": N[model], "sparsity": 0.5 if sparse else 0.0,
-               "tokens": tokens, "tokens_per_param": tokens / N[model], "seq_len": 64,
-               "seed": seed, "dtype": "fp32", "lambda_": 0.01 if method == "cast" else math.nan,
-               "teacher_eval_loss": math.log(TEACHER[model]), "teacher_ppl": TEACHER[model],
-               "eval_loss": math.log(ppl), "ppl": ppl, "eval_tokens": 2048,
-               "prune_shock": 0.125 if sparse else 0.0, "masked_kept_ratio": 0.25 if sparse else math.nan,
-               "exact_nm": sparse, "wall_seconds": 10.0 + i, "train_seconds": 5.0,
-               "tokens_per_second": 200.0, "status": "ok", "reason": ""}
-        run = root / row["run_id"]
-        store.write_row(run, row)
-        store.write_curve(run, [{"step": 1, "tokens": 64, "train_loss": 5.0}])
-        (run / store.CONFIG_FILE).write_text(f"method: {method}\n")
-    store.write_row(root / "bad", {"run_id": "bad", "method": "cast", "model": "opt-b",
-                                   "tokens": 8000, "status": "failed",
-                                   "reason": "loss became nan at step 3"})
-    return root
 
 
 @pytest.fixture
@@ -110,81 +70,34 @@ def by_col(df, col, value):
     return df[df[col] == value].iloc[0]
 
 
-# ---- tables from rows ---------------------------------------------------------------------------
+# ---- the summary and the gap noise from rows -----------------------------------------------------
 
-def test_convergence_check_hand_computed(rows):
-    t = tables.convergence_table(rows)
-    a, b = by_col(t, "size", "opt-a"), by_col(t, "size", "opt-b")
-    # opt-a: mean of (50-49)/50, (50-49.5)/50, (50-50.5)/50 = (2% + 1% - 1%) / 3
-    assert (a["seeds"], a["teacher PPL"], a["dense-kd PPL (mean)"]) == ("3", "50.00", "49.67")
-    assert (a["improvement"], a["check"]) == ("+0.67%", "pass")
-    assert (b["improvement"], b["check"]) == ("+3.00%", "FAIL: teacher not converged")
+def test_summary_from_rows(rows):
+    text = findings.versus_oneshot(rows)
+    assert text.startswith("no: ")  # opt-b: cast 66 > sparsegpt 65
+    assert ("opt-a: best one-shot sparsegpt 81.00; cast 80.00 at 1,000 tokens, 62.00 at 4,000; "
+            "cast wins at every budget") in text
+    assert text.endswith("cast wins from 2,000 tokens on")  # opt-b: 66 > 65, then 58 and 59
+    text = findings.versus_trained(rows)
+    assert text.startswith("no: ") and "opt-a 2,000: cast 70.00 vs ast 69.00" in text
+    text = findings.teacher_gap(rows)
+    assert text.startswith("no: ")  # opt-b: 58 -> 59 grows
+    assert "opt-a: +60.0% -> +40.0% -> +24.0%" in text
+    assert findings.sweep_time(None).startswith(findings.UNKNOWN)
+    assert findings.sweep_time({"wall_seconds": 1300.0, "cold_cache_wall_seconds": 2400.0}) == \
+        "21.7 min with teachers cached; 40.0 min from a cold cache"
 
 
-def test_seed_noise_hand_computed(rows):
-    t = noise.seed_noise_table(rows)
-    assert list(zip(t["size"], t["method"], strict=True)) == [("opt-a", "dense-kd"), ("opt-a", "cast")]
-    cast = by_col(t, "method", "cast")
-    assert (cast["seeds"], cast["PPL mean"], cast["PPL sd"], cast["sd % of PPL"]) == \
-        ("0,1,2", "62.00", "2.00", "3.23%")  # sd(60, 62, 64) = 2, 2/62
-    kd = [49.0, 49.5, 50.5]
-    assert by_col(t, "method", "dense-kd")["sd % of PPL"] == \
-        f"{100 * statistics.stdev(kd) / statistics.mean(kd):.2f}%"
+def test_gap_noise_hand_computed(rows):
+    kd = [49.0, 49.5, 50.5]  # opt-a at 4,000 tokens, seeds 0-2, beside cast 60, 62, 64
     ratio = [math.log(c) / math.log(k) for c, k in zip([60.0, 62.0, 64.0], kd, strict=True)]
     assert noise.gap_noise(rows) == pytest.approx(
         {"opt-a": statistics.stdev(ratio) / statistics.mean(ratio)})
 
 
-def test_headline_and_cells(rows):
-    h = tables.headline_table(rows)
-    assert list(h.columns) == ["size", "method", "0 tokens (from teacher)", "1,000", "2,000", "4,000"]
-    assert list(h["method"][h["size"] == "opt-a"]) == [
-        "dense teacher", "dense-kd", "cast", "sr-ste", "ast", "magnitude", "wanda", "sparsegpt"]
-    cast = h[(h["size"] == "opt-a") & (h["method"] == "cast")].iloc[0]
-    assert (cast["1,000"], cast["4,000"], cast["0 tokens (from teacher)"]) == ("80.00", "62.00 ± 2.00", "")
-    assert h[(h["size"] == "opt-b") & (h["method"] == "dense teacher")].iloc[0, 2] == "40.00"
-    long = tables.ppl_table(rows, {"opt-a": {"tokens": 4_000_000, "seq_len": 64, "seed": 0}})
-    teach = long[(long["size"] == "opt-a") & (long["method"] == "dense teacher")].iloc[0]
-    assert (teach["tokens"], teach["tokens/N"]) == ("4,000,000 (pretraining)", "4e+03")
-    assert long[long["size"] == "opt-b"].iloc[0]["tokens"] == "pretraining (unknown)"
-    assert set(long["eval tokens"]) == {"2,048"} and set(long["dtype"]) == {"fp32"}
-
-
-def test_runs_and_failed_tables(rows):
-    t = tables.runs_table(rows)
-    total = t.iloc[-1]
-    assert total["run_id"] == "all runs" and total["size"] == f"{len(RUNS)} runs"
-    assert total["wall s"] == f"{sum(10.0 + i for i in range(len(RUNS))):.1f}"
-    cast = by_col(t, "run_id", "run05")
-    assert (cast["lambda"], cast["prune shock (nats)"], cast["masked/kept"], cast["exact N:M"]) == \
-        ("0.01", "+0.1250", "0.2500", "yes")
-    kd = by_col(t, "run_id", "run00")
-    assert (kd["prune shock (nats)"], kd["masked/kept"]) == (tables.DASH, tables.DASH)
-    f = tables.failed_table(rows)
-    assert list(f["reason"]) == ["loss became nan at step 3"]
-
-
-def test_targets_from_rows(rows):
-    text, verdict = targets.oneshot_target(rows)
-    assert verdict == targets.NOT_MET  # opt-b: cast 66 > sparsegpt 65
-    assert ("opt-a: best one-shot sparsegpt 81.00; cast 80.00 at 1,000 tokens, 62.00 at 4,000; "
-            "cast wins at every budget") in text
-    assert text.endswith("cast wins from 2,000 tokens on")  # opt-b: 66 > 65, then 58 and 59
-    text, verdict = targets.trained_target(rows)
-    assert verdict == targets.NOT_MET and "opt-a 2,000: cast 70.00 vs ast 69.00" in text
-    text, verdict = targets.gap_target(rows)
-    assert verdict == targets.NOT_MET  # opt-b: 58 -> 59 grows
-    assert "opt-a: +60.0% -> +40.0% -> +24.0%" in text
-    assert targets.sweep_target(None)[1] == targets.UNKNOWN
-    assert targets.sweep_target({"wall_seconds": 1100.0})[1] == targets.MET
-    assert targets.sweep_target({"wall_seconds": 1300.0, "cold_cache_wall_seconds": 2400.0}) == \
-        ("21.7 min with teachers cached; 40.0 min from a cold cache",
-         "NOT MET (over by 1.7 min)")
-
-
 # ---- tables from a stored study -----------------------------------------------------------------
 
-def test_heldout_summary_and_law_targets():
+def test_heldout_summary_and_law_lines():
     s = tables.heldout_summary(STUDY)
     d4 = s[(s["form"] == "power_d") & (s["scheme"] == "D/4")].iloc[0]
     assert d4["points"] == 2
@@ -196,10 +109,8 @@ def test_heldout_summary_and_law_targets():
     note = t[(t["form"] == "loglinear") & (t["split"] == "leave one size out")].iloc[0]
     assert note["points"] == "0" and "cannot predict an unseen size" in note["note"]
     assert t.iloc[-1]["form"] == "frantar" and "3 sparsity levels" in t.iloc[-1]["note"]
-    assert targets.are_target(STUDY) == (
-        "2.00% mean, 3.00% max over 2 runs (power_d)", "NOT MET (by 0.50 points)")
-    assert targets.coverage_target(STUDY) == (
-        "67% of 3 held-out runs (D/2, D/4; power_d)", "NOT MET (by 13 points)")
+    assert findings.quarter_error(STUDY) == "2.00% mean, 3.00% max over 2 runs (power_d)"
+    assert findings.coverage(STUDY) == "67% of 3 held-out runs (D/2, D/4; power_d)"
 
 
 def test_choose_form_prefers_lowest_error_on_most_points():
@@ -225,7 +136,7 @@ def test_noise_sentence_flags_errors_below_the_floor(rows):
 
 
 def test_markdown_and_blocks_round_trip(rows):
-    md = tables.markdown(tables.failed_table(rows).assign(reason="a|b"))
+    md = markdown(failed_table(rows).assign(reason="a|b"))
     assert md.splitlines()[2].endswith("| a\\|b |")
     study = {**STUDY, "heldout_draws": 3, "chosen_by": "hand", "cast_runs": 8}
     text = report.render(rows, study)
@@ -334,10 +245,13 @@ def test_generate_then_reuse_is_stable_and_detects_drift(tmp_path, capsys):
     text = (tmp_path / "R.md").read_text()
     study = load_study(res / LAW_FILE)
     rows = store.load(res)
-    assert text == report.render(rows, study)
-    assert "| sweep wall time <= 20 min | 18.3 min with teachers cached | met |" in text
-    for key in study["figures"]:
-        assert (tmp_path / study["figures"][key]).read_bytes()[:4] == b"\x89PNG"
+    assert text == report.render(rows, study, figures="fig")
+    assert "| sweep wall time | 18.3 min with teachers cached |" in text
+    # castlab.report's figures; no form is identifiable on these few runs, so no law figures
+    assert "](fig/ppl_vs_tokens.png)" in text
+    assert (tmp_path / "fig" / "ppl_vs_tokens.png").read_bytes()[:4] == b"\x89PNG"
+    assert study["chosen"] is None and not (tmp_path / "fig" / "pred_vs_actual.png").exists()
+    assert "(held-out predicted vs actual PPL: no chosen law form)" in text
     assert main(out + ["--reuse-law"]) == 0
     assert (tmp_path / "R.md").read_text() == text  # timing kept from the stored study
     # a changed dense-kd row changes the convergence block; a changed cast row the data hash
@@ -365,8 +279,8 @@ def test_companion_study_is_fitted_stored_rendered_and_hash_checked(tmp_path, ca
     # identifiability rules, so the companion study is stored with no usable form
     assert study["results"] == long.as_posix() and study["forms"] == []
     shipped = report.parse_blocks(text)
-    assert shipped["companion-headline"] == tables.markdown(tables.headline_table(rows))
-    assert shipped["companion-heldout-total"] == tables.markdown(tables.heldout_table(study, "total"))
+    assert shipped["companion-headline"] == markdown(headline_table(rows))
+    assert shipped["companion-heldout-total"] == markdown(tables.heldout_table(study, "total"))
     assert main(out + ["--reuse-law"]) == 0
     assert (tmp_path / "R.md").read_text() == text
     row = store.read_row(long / "run05")  # a cast row of the companion changes its data hash

@@ -1,6 +1,7 @@
 """`castlab report`: tables against hand-computed cells, the shipped study's headline numbers,
 figures written, one-line errors."""
 
+import math
 import re
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from castlab import store
 from castlab.cli import main
 from castlab.law.synthetic import TEACHER, synthetic_case
 from castlab.report.commands import write_report
-from castlab.report.figures import plain_label, tokens_label
+from castlab.report.figures import plain_label, ppl_label, tokens_label
 from castlab.report.tables import headline_table
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "opt_family"
@@ -93,6 +94,23 @@ def test_teacher_convergence_table(synthetic_report):
                 if ln.startswith("| s100k | 2 |"))
     assert f"{100 * gain:+.2f}%" in line
     assert ("pass" in line) == (gain <= 0.02)
+
+
+def test_paired_baselines_and_seed_noise_sections(synthetic_report):
+    _, path = synthetic_report
+    text = path.read_text()
+    # sr-ste is every top-budget cast run + 0.01 nats: 3 sizes x 3 seeds, CAST wins every pair,
+    # mean PPL change exp(-0.01) - 1; d is constant, so no t statistic (sd 0); sign test 2 / 2^9
+    line = next(ln for ln in text.splitlines() if ln.startswith("| sr-ste | 9 (3 sizes) |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2:] == ["9/9", f"{100 * (math.exp(-0.01) - 1):+.2f}%", "—", "—",
+                         f"{2 / 2**9:.2g}"]
+    assert "## Seed noise" in text and "| s1m | cast |" in text.split("## Seed noise")[1]
+
+
+def test_ppl_axis_names_its_unit():
+    assert ppl_label(pd.DataFrame({"seq_len": [64, 64, None]})) == "validation PPL at seq_len 64"
+    assert ppl_label(pd.DataFrame({"ppl": [1.0]})) == "validation PPL"
 
 
 def test_tick_labels_are_plain():

@@ -1,20 +1,14 @@
-"""analysis/paired.py: pairing by (size, seed), the paired t and sign tests by hand, mask life."""
+"""castlab.report.paired: pairing by (size, seed), the paired t and sign tests by hand, mask life."""
 
 from __future__ import annotations
 
 import math
 import statistics
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from analysis import paired  # noqa: E402
+from castlab.report import paired
 
 
 def row(model, method, tokens, seed, loss, n=1000, **extra):

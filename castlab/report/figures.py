@@ -49,6 +49,12 @@ def plain_label(v: float, _pos=None) -> str:
     return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
 
 
+def ppl_label(rows: pd.DataFrame) -> str:
+    """The PPL axis label with its unit: validation PPL at the eval sequence length of the rows."""
+    lens = sorted({int(v) for v in rows["seq_len"].dropna()}) if "seq_len" in rows else []
+    return "validation PPL" + (f" at seq_len {'/'.join(map(str, lens))}" if lens else "")
+
+
 def _plain_axes(ax, log_x: bool = True) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -92,7 +98,7 @@ def ppl_vs_tokens(rows: pd.DataFrame, study: Study, path: Path) -> Path:
         _plain_axes(ax)
         n = f"N = {int(sub['n'].iloc[0]):,}, " if len(sub) else ""
         ax.set(title=f"{model} ({n}teacher PPL {t['ppl']:.2f})",
-               xlabel="training tokens after the teacher", ylabel="validation PPL")
+               xlabel="training tokens after the teacher", ylabel=ppl_label(rows))
         ax.grid(alpha=0.25, which="major")
     below = _shared_legend(fig, axes, len(models))
     title = "validation PPL vs training tokens"

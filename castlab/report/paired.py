@@ -1,4 +1,4 @@
-"""CAST against each baseline, paired by (size, seed), and the life of the sparse masks.
+"""CAST against each sparse baseline, paired by (size, seed), and the life of the sparse masks.
 
 Pairs are formed at each size's largest CAST budget: a trained baseline at that same budget with
 the same seed, a one-shot baseline (0 tokens) with the same seed (its calibration sample's seed).
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.tables import DASH, METHOD_ORDER, ONESHOT, f_num, f_pct, ok_rows, sizes
+from castlab.report.tables import DASH, METHOD_ORDER, ONESHOT, f_num, f_pct, ok_rows, sizes
 
 BASELINES = ("sr-ste", "ast", "magnitude", "wanda", "sparsegpt")
 

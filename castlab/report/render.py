@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from castlab.law.forms import FORMS
+from castlab.report import paired as P
+from castlab.report import runs as R
 from castlab.report import tables as T
 from castlab.report.study import Study, quarter_points
 from castlab.sweep.commands import TEACHER_CONVERGENCE_TOLERANCE
@@ -22,6 +24,35 @@ def law_sentence(study: Study) -> str:
             f"{len(study.points)} CAST runs; {study.level:.0%} intervals from {b.draws} bootstrap "
             f"draws ({b.failed} unconverged), run noise sd(ln L) = {b.sigma:.3g} "
             f"({b.noise_source}).")
+
+
+PAIRED_TEXT = (
+    "Paired over sizes x seeds (a trained baseline at the same budget and seed; a one-shot pruner "
+    "with the same calibration-sample seed): d = ln PPL_cast - ln PPL_baseline per pair, the "
+    "paired t test of mean d = 0 and the two-sided sign test of CAST winning half the pairs "
+    "(scipy.stats).")
+MASK_LIFE_TEXT = (
+    "At the largest budget: the fraction of mask entries that differ from the step-0 mask "
+    "half-way (T/2) and at the end, the mean fraction flipped per refresh over every refresh, the "
+    "mean step of the masked weights towards zero per step in units of lr (sampled at the step "
+    "before each eval), the prune shock and masked/kept |weight|.")
+
+
+def baselines_section(rows: pd.DataFrame) -> list[str]:
+    """CAST against each sparse baseline (best-sparse and paired tables) and the mask life; empty
+    where the runs hold no CAST run and no baseline."""
+    tests = P.paired_tests(rows)
+    if not len(tests):
+        return []
+    parts = ["## CAST against each sparse baseline, paired by seed", "",
+             "Every sparse method at each size's largest budget (one-shot pruners at 0 tokens), "
+             "mean ± sd PPL over seeds, and the method with the lowest mean:", "",
+             T.markdown(P.best_sparse_table(rows)), "", PAIRED_TEXT, "",
+             T.markdown(P.paired_table(rows)), ""]
+    life = P.mask_life_table(rows)
+    if "method" in life:
+        parts += ["## The life of the masks", "", MASK_LIFE_TEXT, "", T.markdown(life), ""]
+    return parts
 
 
 def _figure(figures: dict[str, Path], key: str, alt: str, out_dir: Path) -> str:
@@ -53,6 +84,11 @@ def render(rows: pd.DataFrame, study: Study | None, figures: dict[str, Path], ou
         f"{TEACHER_CONVERGENCE_TOLERANCE:.0%}; more means the sparse curves would partly measure "
         "leftover pretraining.", "",
         T.markdown(T.convergence_table(rows)), ""]
+    parts += baselines_section(rows)
+    noise = R.seed_noise_table(rows)
+    if len(noise):
+        parts += ["## Seed noise", "", "PPL sd over seeds (ddof 1) at the repeated cells: the "
+                  "difference a re-run of the same cell makes.", "", T.markdown(noise), ""]
     if study is not None:
         parts += ["## Scaling law fitted to the CAST runs", "", law_sentence(study), ""]
         if study.params:
@@ -67,7 +103,8 @@ def render(rows: pd.DataFrame, study: Study | None, figures: dict[str, Path], ou
                 "left-out one. "
                 f"ARE is |predicted/actual - 1| of PPL, bias its signed mean, coverage the share "
                 f"of held-out runs inside the {study.level:.0%} prediction interval.", "",
-                T.markdown(T.heldout_table(study.summary, study.chosen, study.level)), ""]
+                T.markdown(T.heldout_table(study.summary, study.chosen, study.level,
+                                           study.excluded)), ""]
         quarter = quarter_points(study.heldout) if len(study.heldout) else pd.DataFrame()
         if len(quarter) and study.chosen is not None:
             mine = quarter[quarter["form"] == study.chosen]
@@ -78,8 +115,5 @@ def render(rows: pd.DataFrame, study: Study | None, figures: dict[str, Path], ou
                           out_dir), "",
                   _figure(figures, "residuals", "held-out error vs extrapolation", out_dir), ""]
     if len(failed):
-        parts += ["## Failed runs", "", T.markdown(pd.DataFrame({
-            "run_id": failed["run_id"], "size": failed["model"].astype(str),
-            "method": failed["method"].astype(str), "tokens": failed["tokens"].map(T.f_int),
-            "reason": failed["reason"].fillna("").astype(str)})), ""]
+        parts += ["## Failed runs", "", T.markdown(R.failed_table(rows)), ""]
     return "\n".join(p for p in parts if p is not None).rstrip() + "\n"

@@ -13,6 +13,7 @@ import pandas as pd
 from castlab.sweep.commands import TEACHER_CONVERGENCE_TOLERANCE
 
 METHOD_ORDER = ("dense-kd", "cast", "sr-ste", "ast", "magnitude", "wanda", "sparsegpt")
+ONESHOT = ("magnitude", "wanda", "sparsegpt")  # pruners applied to the teacher: 0 tokens
 TEACHER = "dense teacher"
 DASH = "—"
 
@@ -32,6 +33,11 @@ def f_pct(x, signed: bool = False, digits: int = 2) -> str:
 def f_int(x) -> str:
     """An integer with thousands separators, or a dash."""
     return DASH if x is None or not np.isfinite(x) else f"{int(round(x)):,}"
+
+
+def f_num(x, fmt: str = ".4g") -> str:
+    """A float in ``fmt``, or a dash."""
+    return DASH if x is None or not np.isfinite(x) else format(float(x), fmt)
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -83,16 +89,33 @@ def teachers(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["model", "teachers", "ppl", "ppl_sd"])
 
 
+def _joined(g: pd.DataFrame, col: str, fmt=str) -> str:
+    """The distinct values of a setting in a cell, '/'-joined ('' where rows lack it)."""
+    if col not in g:
+        return ""
+    return "/".join(fmt(v) for v in sorted(set(g[col].dropna())))
+
+
+CELL_COLUMNS = ["model", "method", "tokens", "n", "n_seeds", "seeds", "ppl", "ppl_sd", "seq_len",
+                "eval_tokens", "dtype"]
+
+
 def cells(rows: pd.DataFrame) -> pd.DataFrame:
-    """One numeric row per (model, method, tokens): seeds, PPL mean and sd over seeds."""
+    """One row per (model, method, tokens): seeds, PPL mean and sd over seeds (numbers), and the
+    settings the cell ran with (text: seq_len, eval tokens, dtype)."""
     out = []
     for (model, method, tokens), g in ok_rows(rows).groupby(["model", "method", "tokens"]):
         ppl = g["ppl"].to_numpy(float)
         out.append({"model": str(model), "method": str(method), "tokens": int(tokens),
                     "n": int(g["params_non_embedding"].iloc[0]), "n_seeds": len(g),
+                    "seeds": ",".join(str(int(v)) for v in sorted(g["seed"])) if "seed" in g
+                    else "",
                     "ppl": float(ppl.mean()),
-                    "ppl_sd": float(ppl.std(ddof=1)) if len(ppl) > 1 else float("nan")})
-    df = pd.DataFrame(out, columns=["model", "method", "tokens", "n", "n_seeds", "ppl", "ppl_sd"])
+                    "ppl_sd": float(ppl.std(ddof=1)) if len(ppl) > 1 else float("nan"),
+                    "seq_len": _joined(g, "seq_len", lambda v: str(int(v))),
+                    "eval_tokens": _joined(g, "eval_tokens", lambda v: f"{int(v):,}"),
+                    "dtype": _joined(g, "dtype")})
+    df = pd.DataFrame(out, columns=CELL_COLUMNS)
     if df.empty:
         return df
     order = {m: i for i, m in enumerate(sizes(rows))}
@@ -160,15 +183,21 @@ def convergence_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def heldout_table(summary: pd.DataFrame, chosen: str | None, level: float) -> pd.DataFrame:
-    """Held-out law errors per form and split kind (rows of ``study.summarize_heldout``)."""
-    return pd.DataFrame({
+def heldout_table(summary: pd.DataFrame, chosen: str | None, level: float,
+                  excluded: dict[str, str] | None = None) -> pd.DataFrame:
+    """Held-out law errors per form and split kind (rows of ``study.summarize_heldout``); the
+    forms ``excluded`` before validation (form -> why) follow as rows of their own."""
+    table = pd.DataFrame({
         "form": [f"**{f}** (chosen)" if f == chosen else f for f in summary["form"]],
         "held out": summary["split"], "points": summary["points"].map(str),
         "mean ARE (PPL)": summary["are"].map(f_pct), "max ARE": summary["are_max"].map(f_pct),
         "bias": summary["bias"].map(lambda v: f_pct(v, signed=True)),
         f"{level:.0%} coverage": summary["coverage"].map(lambda v: f_pct(v, digits=0)),
         "note": summary["note"]})
+    extra = pd.DataFrame([{**{c: DASH for c in table.columns}, "form": form, "held out": "all",
+                           "points": "0", "note": why} for form, why in (excluded or {}).items()],
+                         columns=table.columns)
+    return pd.concat([table, extra], ignore_index=True) if len(extra) else table
 
 
 def points_table(points: pd.DataFrame) -> pd.DataFrame:
