@@ -21,8 +21,11 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def _answer(yes: bool, text: str) -> str:
-    return f"{'yes' if yes else 'no'}: {text}"
+def _answer(items: list[tuple[bool, str]], none: str) -> str:
+    """'yes: ...' when every item holds, 'no: ...' otherwise; ``none`` when there is no item."""
+    if not items:
+        return f"{UNKNOWN}: {none}"
+    return f"{'yes' if all(ok for ok, _ in items) else 'no'}: " + "; ".join(t for _, t in items)
 
 
 def sweep_time(timing: dict | None) -> str:
@@ -68,66 +71,55 @@ def versus_oneshot(rows: pd.DataFrame) -> str:
     the smallest budget must win) is answered, and the text names the budget from which CAST wins.
     """
     c = cells(rows)
-    parts, ok, seen = [], True, False
+    items = []
     for model in sizes(rows):
         cast = c[(c["model"] == model) & (c["method"] == "cast")].sort_values("tokens")
         one = c[(c["model"] == model) & c["method"].isin(ONESHOT)]
         if cast.empty or one.empty:
             continue
-        seen = True
         best = one.loc[one["ppl"].idxmin()]
         wins = (cast["ppl"] < best["ppl"]).to_numpy()
-        ok &= bool(wins.all())
         # the smallest budget from which every larger budget wins too
         tail = np.flatnonzero(~wins)
         start = None if wins[-1] == 0 else int(cast["tokens"].iloc[tail[-1] + 1 if len(tail) else 0])
         when = ("at every budget" if wins.all()
                 else "not even at the largest budget" if start is None
                 else f"from {start:,} tokens on")
-        parts.append(f"{model}: best one-shot {best['method']} {f_ppl(best['ppl'])}; cast "
-                     f"{f_ppl(cast['ppl'].iloc[0])} at {int(cast['tokens'].iloc[0]):,} tokens, "
-                     f"{f_ppl(cast['ppl'].iloc[-1])} at {int(cast['tokens'].iloc[-1]):,}; "
-                     f"cast wins {when}")
-    if not seen:
-        return f"{UNKNOWN}: no size with both cast and one-shot runs"
-    return _answer(ok, "; ".join(parts))
+        items.append((bool(wins.all()),
+                      f"{model}: best one-shot {best['method']} {f_ppl(best['ppl'])}; cast "
+                      f"{f_ppl(cast['ppl'].iloc[0])} at {int(cast['tokens'].iloc[0]):,} tokens, "
+                      f"{f_ppl(cast['ppl'].iloc[-1])} at {int(cast['tokens'].iloc[-1]):,}; "
+                      f"cast wins {when}"))
+    return _answer(items, "no size with both cast and one-shot runs")
 
 
 def versus_trained(rows: pd.DataFrame) -> str:
     """Does CAST beat sr-ste and ast at their (equal) budget, at every size (mean over seeds)?"""
     c = cells(rows)
-    parts, ok, seen = [], True, False
+    items = []
     for model in sizes(rows):
         for method in TRAINED_BASELINES:
             for r in c[(c["model"] == model) & (c["method"] == method)].itertuples():
                 cast = c[(c["model"] == model) & (c["method"] == "cast") & (c["tokens"] == r.tokens)]
-                if cast.empty:
-                    continue
-                seen = True
-                ok &= bool(cast["ppl"].iloc[0] < r.ppl)
-                parts.append(f"{model} {r.tokens:,}: cast {f_ppl(cast['ppl'].iloc[0])} vs "
-                             f"{method} {f_ppl(r.ppl)}")
-    if not seen:
-        return f"{UNKNOWN}: no sr-ste / ast run with a cast run at the same budget"
-    return _answer(ok, "; ".join(parts))
+                if len(cast):
+                    items.append((bool(cast["ppl"].iloc[0] < r.ppl),
+                                  f"{model} {r.tokens:,}: cast {f_ppl(cast['ppl'].iloc[0])} vs "
+                                  f"{method} {f_ppl(r.ppl)}"))
+    return _answer(items, "no sr-ste / ast run with a cast run at the same budget")
 
 
 def teacher_gap(rows: pd.DataFrame) -> str:
     """Does CAST's PPL gap to the dense teacher shrink at every step up in budget, at every size?"""
     c = cells(rows)
     teach = teachers(rows).set_index("model")["ppl"]
-    parts, ok, seen = [], True, False
+    items = []
     for model in sizes(rows):
         cast = c[(c["model"] == model) & (c["method"] == "cast")].sort_values("tokens")
-        if len(cast) < 2:
-            continue
-        seen = True
-        gaps = (cast["ppl"] / teach[model] - 1).to_numpy()
-        ok &= bool(np.all(np.diff(gaps) < 0))
-        parts.append(f"{model}: " + " -> ".join(f_pct(g, signed=True, digits=1) for g in gaps))
-    if not seen:
-        return f"{UNKNOWN}: no size with cast runs at two budgets"
-    return _answer(ok, "; ".join(parts))
+        if len(cast) >= 2:
+            gaps = (cast["ppl"] / teach[model] - 1).to_numpy()
+            items.append((bool(np.all(np.diff(gaps) < 0)), f"{model}: " + " -> ".join(
+                f_pct(g, signed=True, digits=1) for g in gaps)))
+    return _answer(items, "no size with cast runs at two budgets")
 
 
 def _law_lines(study: dict) -> list[tuple[str, str]]:
