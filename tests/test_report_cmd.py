@@ -15,7 +15,8 @@ from castlab.cli import main
 from castlab.law.synthetic import TEACHER, synthetic_case
 from castlab.report.commands import write_report
 from castlab.report.figures import plain_label, ppl_label, tokens_label
-from castlab.report.tables import headline_table
+from castlab.report.study import run_study
+from castlab.report.tables import headline_table, heldout_table
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "opt_family"
 REFERENCE_REPORT = Path(__file__).resolve().parents[1] / "analysis" / "REPORT.md"
@@ -144,6 +145,24 @@ def test_reference_headline_matches_the_shipped_report():
     assert set(mine) == set(theirs)
     assert sum(1 for v in theirs.values() if v) >= 20  # a real table, not an empty one
     assert mine == theirs
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir() or not REFERENCE_REPORT.exists(),
+                    reason="no shipped reference study")
+def test_reference_heldout_errors_match_the_shipped_report():
+    """castlab report's law study on the shipped rows gives the held-out errors (points, mean and
+    max ARE, bias per form and split) and the chosen form that the shipped REPORT.md states from
+    its own stored law study. No bootstrap draws: the point predictions are what is compared."""
+    shipped = REFERENCE_REPORT.read_text()
+    block = re.search(r"<!-- begin:heldout-total -->\n(.*?)\n<!-- end:heldout-total -->", shipped,
+                      re.S)
+    assert block, "analysis/REPORT.md has no heldout-total block"
+    lines = [[c.strip() for c in ln.strip("|").split("|")] for ln in block.group(1).splitlines()]
+    theirs = {(r[0], r[1]): r[2:6] for r in lines[2:] if r[1] != "all"}
+    study = run_study(store.load(REFERENCE), draws=0, heldout_draws=0)
+    t = heldout_table(study.summary, study.chosen, study.level)
+    mine = {(r[0], r[1]): list(r[2:6]) for r in t.itertuples(index=False)}
+    assert len(theirs) >= 10 and mine == theirs
 
 
 def test_missing_results_is_one_line_error(tmp_path, capsys):
