@@ -12,6 +12,7 @@ import pytest
 
 from castlab import store
 from castlab.report import runs, tables
+from castlab.report.figures import cast_seed_noise
 
 TEACHER = {"opt-a": 50.0, "opt-b": 40.0}
 N = {"opt-a": 1000, "opt-b": 4000}
@@ -117,3 +118,9 @@ def test_runs_and_failed_tables(rows):
     assert (kd["prune shock (nats)"], kd["masked/kept"]) == (tables.DASH, tables.DASH)
     f = runs.failed_table(rows)
     assert list(f["reason"]) == ["loss became nan at step 3"]
+
+
+def test_cast_seed_noise_is_the_residual_band(rows):
+    # opt-a's cast cell at 4,000 tokens (60, 62, 64): sd 2 over mean 62; opt-b has no repeats
+    assert cast_seed_noise(rows) == pytest.approx(2 / 62)
+    assert math.isnan(cast_seed_noise(rows[rows["model"] == "opt-b"]))

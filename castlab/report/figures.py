@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from castlab.report.study import Study, quarter_points
+from castlab.report.runs import seed_noise
+from castlab.report.study import KIND_LABELS, Study, quarter_points
 from castlab.report.tables import cells, ok_rows, sizes, teachers
 
 FIGURES = {"ppl_vs_tokens": "ppl_vs_tokens.png", "pred_vs_actual": "pred_vs_actual.png",
@@ -154,7 +155,9 @@ def pred_vs_actual(study: Study, path: Path) -> Path:
     ho = ho[(ho["form"] == study.chosen) & ho["rel_err"].notna()]
     quarter = quarter_points(ho)
     others = ho[(ho["scheme"] != "size") & ~ho.index.isin(quarter.index)]
-    groups = {"other token splits": (others, "o", "tab:orange"),
+    # the splits by name where validation names them (D/2 -> D), else as one group
+    named = ", ".join(KIND_LABELS.get(str(k), str(k)) for k in dict.fromkeys(others["scheme"]))
+    groups = {named or "other token splits": (others, "o", "tab:orange"),
               "leave one size out": (ho[ho["scheme"] == "size"], "s", "tab:purple"),
               "D/4 -> D": (quarter, "D", "tab:red")}
     values = []
@@ -182,8 +185,18 @@ def pred_vs_actual(study: Study, path: Path) -> Path:
     return _save(fig, path)
 
 
-def residuals(study: Study, path: Path) -> Path:
-    """Held-out relative PPL error vs extrapolation distance (x beyond the training data)."""
+def cast_seed_noise(rows: pd.DataFrame) -> float:
+    """CAST's PPL sd over seeds relative to its mean, at each size's largest repeated budget,
+    averaged over sizes: what re-running a cell moves its PPL by (NaN without repeated cells)."""
+    noise = seed_noise(rows)
+    cast = noise[noise["method"] == "cast"].sort_values("tokens")
+    top = cast.groupby("model")["rel_sd"].last()
+    return float(top.mean()) if len(top) else float("nan")
+
+
+def residuals(study: Study, path: Path, noise: float = float("nan")) -> Path:
+    """Held-out relative PPL error vs extrapolation distance (x beyond the training data); the
+    band is CAST's seed noise (``cast_seed_noise``) where known."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ho = study.heldout
@@ -197,7 +210,9 @@ def residuals(study: Study, path: Path) -> Path:
             ax.scatter(10 ** sub["distance"], 100 * sub["rel_err"], marker=marker, color=color,
                        s=22, alpha=0.75, label=label)
     ax.axhline(0, color="k", lw=1)
-    ax.axhspan(-1.5, 1.5, color="grey", alpha=0.15, label="±1.5%")
+    if np.isfinite(noise):
+        ax.axhspan(-100 * noise, 100 * noise, color="grey", alpha=0.15,
+                   label=f"±{100 * noise:.2f}%: CAST's PPL sd over seeds")
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     ax.set_xscale("log")
@@ -226,7 +241,8 @@ def draw_all(rows: pd.DataFrame, study: Study, out_dir: Path) -> dict[str, Path]
                                           out_dir / FIGURES["ppl_vs_tokens"])}
     if study.chosen is not None and len(study.heldout):
         out["pred_vs_actual"] = pred_vs_actual(study, out_dir / FIGURES["pred_vs_actual"])
-        out["residuals"] = residuals(study, out_dir / FIGURES["residuals"])
+        out["residuals"] = residuals(study, out_dir / FIGURES["residuals"],
+                                     cast_seed_noise(ok_rows(rows)))
     return out
 
 
