@@ -235,7 +235,7 @@ def test_strip_asciidoc_keeps_words_drops_markup():
                      "A strong note--it's fine.", "$ git fake --all"]
 
 
-def test_postgresql_and_git_extraction_from_debs(tmp_path):
+def test_postgresql_git_astropy_extraction_from_debs(tmp_path):
     html = "./usr/share/doc/postgresql-doc-15/html/"
     pg = make_deb(tmp_path / docsources.POSTGRESQL_DOC.filename, {
         html + "tutorial-join.html": HTML, html + "bookindex.html": "<p>A, B, C</p>",
@@ -250,6 +250,14 @@ def test_postgresql_and_git_extraction_from_debs(tmp_path):
     docs = docsources.extract_git_docs({docsources.GIT_DOC.filename: gd})
     assert [d.name for d in docs] == ["git-docs/git-fake", "git-docs/technical/notes"]
     assert docs[1].text.strip() == "Notes\n\nPlain text."
+    src = "./usr/share/doc/python-astropy-doc/html/_sources/"
+    ad = make_deb(tmp_path / docsources.ASTROPY_DOC.filename, {
+        src + "units/index.rst.txt": "Units\n=====\n\nUse :class:`Quantity`.\n",
+        src + "api/astropy.units.Quantity.rst.txt": "Quantity\n========\n",
+        src + "generated/examples/plot.rst.txt": "Click here\n", src + "license.rst.txt": "BSD"})
+    docs = docsources.extract_astropy_docs({docsources.ASTROPY_DOC.filename: ad})
+    assert [(d.name, d.text) for d in docs] == [("astropy-docs/units/index",
+                                                 "Units\n\n\nUse Quantity.\n")]
 
 
 @pytest.mark.slow

