@@ -21,6 +21,8 @@ model. Its assumptions (stated by ``castlab sweep --dry-run``):
   once their summed busy fractions exceed 1 (time-slicing, no MPS).
 
 These numbers are assumptions until a GPU run stores rates; every constant is here to retune.
+A stored rate measured while runs shared a card already includes that sharing, so wall times
+built from stored rates with ``runs_per_gpu`` > 1 lean long.
 """
 
 from __future__ import annotations

@@ -199,8 +199,9 @@ def measured_throughput(dirs: list[Path], cuda: bool = False) -> dict[tuple[str,
         return {}
     df = pd.concat(frames, ignore_index=True)
     df = df[(df["status"] == "ok") & (df["tokens_per_second"] > 0)]
+    # rows from before the device column ran on the CPU
     on_cuda = (df["device"].fillna("cpu").astype(str).str.startswith("cuda") if "device" in df
-               else df["status"] != df["status"])
+               else pd.Series(False, index=df.index))
     df = df[on_cuda if cuda else ~on_cuda]
     out = {(m, meth): float(v) for (m, meth), v in
            df.groupby(["model", "method"])["tokens_per_second"].median().items()}
