@@ -105,6 +105,7 @@ def test_zeroshot_columns_join_the_row_without_changing_the_run_id(tiny_teacher,
         assert stored[f"zs_{task}_n"] == 4
         assert 0.0 <= stored[f"zs_{task}_acc"] <= 1.0
         assert stored[f"zs_{task}_acc"] == row[f"zs_{task}_acc"]
+        assert 0 <= stored[f"zs_{task}_truncated"] <= 4
 
 
 @pytest.mark.parametrize("method", ["sr-ste", "ast", "dense-kd", "dense-kd-adam"])

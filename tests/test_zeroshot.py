@@ -3,6 +3,8 @@
 lm-eval starts slowly, so one offline CLI run over all nine tasks (module fixture) is shared by
 every check: per-task document counts and ranges, and the metric wiring, which compares the CLI's
 PIQA and BoolQ accuracies with an independent log-likelihood scoring of the same saved model.
+A separate check scores a 64-position model both through castlab and through lm-eval's own `hf`
+model loading the saved folder, and compares the per-document log-likelihoods.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ def test_each_local_task_runs_offline_with_limit(cli_scores, task):
     assert 0.0 <= entry["acc"] <= 1.0
     # With LIMIT documents every accuracy is a multiple of 1/LIMIT.
     assert entry["acc"] * LIMIT == pytest.approx(round(entry["acc"] * LIMIT))
+    assert entry["max_length"] == 256  # opt-tiny's position limit, read from its config
+    assert 0 <= entry["truncated"] <= LIMIT
     if task in ("winogrande", "boolq", "lambada_openai"):
         assert entry["acc_norm"] is None
     else:
@@ -155,6 +159,58 @@ def test_metric_is_wired_to_the_gold_answers(bench_root, model, tokenizer, cli_s
     # An inverted bool->label mapping would score 1 - acc; make sure the check can tell.
     assert acc != pytest.approx(0.5)
     assert scores["boolq"]["acc"] == pytest.approx(acc)
+    assert scores["boolq"]["truncated"] == _too_long(tokenizer, docs, 256)
+
+
+def _too_long(tokenizer, docs, max_len: int) -> int:
+    """Documents with a context + choice longer than a causal LM's window of max_len + 1."""
+    return sum(any(len(tokenizer(ctx + " " + c, add_special_tokens=False)["input_ids"]) > max_len + 1
+                   for c in choices) for ctx, choices, _ in docs)
+
+
+def test_loglikelihoods_equal_lm_evals_own_hf_model(bench_root, tokenizer, tmp_path):
+    """castlab's in-memory path and lm-eval's `hf` model loading the saved folder score the same
+    requests with the same log-likelihoods, on a 64-position model that truncates most BoolQ
+    passages (the case where a window or BOS difference would show)."""
+    import datasets
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from transformers import OPTForCausalLM
+
+    from castlab.models import opt_config_for
+
+    config = opt_config_for("opt-tiny", vocab_size=len(tokenizer))
+    config.max_position_embeddings = 64
+    torch.manual_seed(0)
+    model = OPTForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    tasks, n = ["boolq", "sciq"], 6
+    lm, ours = zeroshot.run_lm_eval(model, tokenizer, tasks, limit=n)
+    theirs = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={tmp_path},tokenizer={tmp_path},dtype=float32,device=cpu",
+        tasks=[zeroshot.lm_eval_name(t) for t in tasks], num_fewshot=0, limit=n, log_samples=True,
+        bootstrap_iters=0, verbosity=None,
+        task_manager=TaskManager(include_path=str(zeroshot.render_tasks()), include_defaults=False))
+    assert lm.max_length == 64
+    for task in tasks:
+        key = zeroshot.lm_eval_name(task)
+        a = {s["doc_id"]: s for s in ours["samples"][key]}
+        b = {s["doc_id"]: s for s in theirs["samples"][key]}
+        assert sorted(a) == sorted(b) == list(range(n))
+        for doc_id, sample in a.items():
+            assert sample["arguments"] == b[doc_id]["arguments"]
+            ll_a = [float(r[0]) for r in sample["filtered_resps"]]
+            ll_b = [float(r[0]) for r in b[doc_id]["filtered_resps"]]
+            assert ll_a == pytest.approx(ll_b, abs=1e-5)
+        assert ours["results"][key]["acc,none"] == theirs["results"][key]["acc,none"]
+
+    boolq = datasets.load_from_disk(str(benchdata.split_path("boolq", bench_root))).select(range(n))
+    docs = [(f"{d['passage']}\nQuestion: {d['question']}?\nAnswer:", ["no", "yes"], 0)
+            for d in boolq]
+    expected = _too_long(tokenizer, docs, 64)
+    assert expected > 0  # the passages do overflow 64 positions
+    assert zeroshot.truncated_documents(lm, ours["samples"]["castlab_boolq"]) == expected
 
 
 def test_render_tasks_points_at_real_files(bench_root):
@@ -176,8 +232,9 @@ def test_parse_tasks_and_row_columns():
     assert zeroshot.lm_eval_name("mmlu") == "mmlu"  # stock names pass through
     with pytest.raises(UserError, match="tasks: empty"):
         zeroshot.parse_tasks(" , ")
-    row = zeroshot.row_columns({"piqa": {"acc": 0.5, "acc_norm": 0.25, "n": 4}})
-    assert row == {"zs_piqa_acc": 0.5, "zs_piqa_acc_norm": 0.25, "zs_piqa_n": 4}
+    row = zeroshot.row_columns({"piqa": {"acc": 0.5, "acc_norm": 0.25, "n": 4, "truncated": 1}})
+    assert row == {"zs_piqa_acc": 0.5, "zs_piqa_acc_norm": 0.25, "zs_piqa_n": 4,
+                   "zs_piqa_truncated": 1}
 
 
 def test_wheel_checksum_is_enforced(tmp_path):

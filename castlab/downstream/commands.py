@@ -97,10 +97,16 @@ def cmd_eval_zeroshot(args) -> int:
     _announce_benchdata(tasks)
     scores = zeroshot.evaluate_zeroshot(model, tokenizer, tasks, limit=args.limit,
                                         batch_size=args.batch_size)
-    lines = [f"{'task':<16} {'docs':>6} {'acc':>7} {'acc_norm':>9}"]
+    lines = [f"{'task':<16} {'docs':>6} {'acc':>7} {'acc_norm':>9} {'truncated':>10}"]
     for task, entry in scores.items():
         norm = "-" if entry["acc_norm"] is None else f"{entry['acc_norm']:.4f}"
-        lines.append(f"{task:<16} {entry['n']:>6} {entry['acc']:>7.4f} {norm:>9}")
+        lines.append(f"{task:<16} {entry['n']:>6} {entry['acc']:>7.4f} {norm:>9} "
+                     f"{entry['truncated']:>10}")
+    if any(entry["truncated"] for entry in scores.values()):
+        # lm-eval drops the start of a too-long context without a word; say how often it did.
+        window = next(iter(scores.values()))["max_length"]
+        lines.append(f"truncated: documents whose context was cut to its last {window} tokens "
+                     "(the model's position limit)")
     payload = {"model": args.model, "limit": args.limit, "lm_eval": zeroshot.lm_eval_version(),
                "scores": scores}
     _emit(payload, args, "\n".join(lines))

@@ -52,7 +52,7 @@ def _lm_eval():
         warnings.warn(f"lm-eval {version} is outside the tested range "
                       f"{','.join(TESTED_LM_EVAL)}; zero-shot numbers may differ", stacklevel=3)
     # lm-eval warns once per context it left-truncates: every long passage for a ladder model with
-    # a few hundred positions. The counts castlab reports (`n`) are unaffected.
+    # a few hundred positions. evaluate_zeroshot counts those documents itself (`truncated`).
     for name in ("lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
     return lm_eval
@@ -179,18 +179,15 @@ def _metric(values: dict, name: str) -> float | None:
     return None if math.isnan(value) else value
 
 
-def evaluate_zeroshot(model: nn.Module, tokenizer, tasks: str | list[str], limit: int | None = None,
-                      batch_size: int = 8) -> dict[str, dict]:
-    """Zero-shot scores of an in-memory HF causal LM: ``{task: {"acc", "acc_norm", "n", ...}}``.
+def run_lm_eval(model: nn.Module, tokenizer, tasks: list[str], limit: int | None = None,
+                batch_size: int = 8) -> tuple[object, dict]:
+    """lm-eval's HFLM on an in-memory model and ``simple_evaluate``'s raw output for ``tasks``.
 
-    ``n`` is the number of documents scored (``limit`` caps it per task). ``acc_norm`` is None for
-    tasks lm-eval does not normalise (winogrande, boolq, lambada_openai); lambada also carries its
-    ``perplexity``. The model's train/eval mode is restored afterwards.
+    The output keeps the per-document samples (contexts, continuations, log-likelihoods): the
+    truncation count needs them, and they are what a check against lm-eval's own ``hf`` model
+    compares. The model's train/eval mode is restored afterwards.
     """
-    names = parse_tasks(tasks)
-    if limit is not None and limit < 1:
-        raise UserError(f"limit: got {limit}, allowed a positive number of documents per task")
-    manager = task_manager(names)
+    manager = task_manager(tasks)
     lm_eval = _lm_eval()
     from lm_eval.models.huggingface import HFLM
 
@@ -199,16 +196,51 @@ def evaluate_zeroshot(model: nn.Module, tokenizer, tasks: str | list[str], limit
     try:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=[lm_eval_name(t) for t in names], num_fewshot=0, limit=limit,
-            task_manager=manager, log_samples=False, bootstrap_iters=0, verbosity=None)
+            model=lm, tasks=[lm_eval_name(t) for t in tasks], num_fewshot=0, limit=limit,
+            task_manager=manager, log_samples=True, bootstrap_iters=0, verbosity=None)
     finally:
         model.train(was_training)
+    return lm, out
+
+
+def truncated_documents(lm, samples: list[dict]) -> int:
+    """Documents with a request longer than lm-eval's window of ``max_length + 1`` tokens.
+
+    lm-eval scores such a request on its last ``max_length`` input tokens, dropping the start of
+    the context (its warning is silenced in ``_lm_eval``), so the count is taken here from the
+    same tokenisation (``lm.tok_encode`` of context + continuation is lm-eval's whole request).
+    """
+    window = lm.max_length + 1
+    count = 0
+    for sample in samples:
+        pairs = [a for a in sample["arguments"]
+                 if isinstance(a, tuple | list) and len(a) == 2 and all(isinstance(x, str) for x in a)]
+        count += any(len(lm.tok_encode(ctx + cont)) > window for ctx, cont in pairs)
+    return count
+
+
+def evaluate_zeroshot(model: nn.Module, tokenizer, tasks: str | list[str], limit: int | None = None,
+                      batch_size: int = 8) -> dict[str, dict]:
+    """Zero-shot scores of an in-memory HF causal LM: ``{task: {"acc", "acc_norm", "n", ...}}``.
+
+    ``n`` is the number of documents scored (``limit`` caps it per task). ``acc_norm`` is None for
+    tasks lm-eval does not normalise (winogrande, boolq, lambada_openai); lambada also carries its
+    ``perplexity``. ``truncated`` counts the documents whose context lm-eval cut to the last
+    ``max_length`` tokens (the model's position limit, from its config). The model's train/eval
+    mode is restored afterwards.
+    """
+    names = parse_tasks(tasks)
+    if limit is not None and limit < 1:
+        raise UserError(f"limit: got {limit}, allowed a positive number of documents per task")
+    lm, out = run_lm_eval(model, tokenizer, names, limit=limit, batch_size=batch_size)
     scores = {}
     for task in names:
         key = lm_eval_name(task)
         values = out["results"][key]
         entry = {m: _metric(values, m) for m in METRICS}
         entry["n"] = int(out["n-samples"][key]["effective"])
+        entry["truncated"] = truncated_documents(lm, out["samples"][key])
+        entry["max_length"] = int(lm.max_length)
         ppl = _metric(values, "perplexity")
         if ppl is not None:
             entry["perplexity"] = ppl
@@ -217,11 +249,12 @@ def evaluate_zeroshot(model: nn.Module, tokenizer, tasks: str | list[str], limit
 
 
 def row_columns(scores: dict[str, dict]) -> dict[str, float | int | None]:
-    """Result-row columns for a sweep: ``zs_<task>_acc``, ``zs_<task>_acc_norm``, ``zs_<task>_n``."""
+    """Result-row columns for a sweep: ``zs_<task>_acc``, ``_acc_norm``, ``_n`` and ``_truncated``."""
     row: dict[str, float | int | None] = {}
     for task, entry in scores.items():
         key = task.replace("-", "_")
         row[f"zs_{key}_acc"] = entry["acc"]
         row[f"zs_{key}_acc_norm"] = entry["acc_norm"]
         row[f"zs_{key}_n"] = entry["n"]
+        row[f"zs_{key}_truncated"] = entry.get("truncated")
     return row
