@@ -5,6 +5,11 @@
 #   here:   castlab data pack --corpus default-xl --out .gpu/corpus.tar.xz
 #   there:  bash scripts/gpu_study.sh .gpu/corpus.tar.xz OUT_DIR [all|teachers|students]
 #
+# With the device tool of this workplace (corpus pack + checkout <= 64 MiB; a teacher pack of
+# the full study, ~235 MiB, cannot travel back): run `... teachers` and then, at once while the
+# machine is warm (its /tmp cache and ignored results/ are kept between calls), `... students`,
+# each with carry [".gpu"]; OUT files come back (<= 16 MiB each), teachers.tar.gz does not.
+#
 # Installs castlab with --no-deps (falls back to PYTHONPATH), unpacks the corpus pack into a
 # private cache and tokenizes it once, then per phase:
 #   teachers  `castlab sweep SWEEP --phase teachers`, then `castlab teachers pack` into OUT_DIR
