@@ -356,3 +356,17 @@ def test_cuda_rates_come_only_from_cuda_rows(tmp_path):
                                           "eval_loss": 1.0, "ppl": math.e})
     assert measured_throughput([tmp_path])[("opt-tiny", "cast")] == 1000.0
     assert measured_throughput([tmp_path], cuda=True)[("opt-tiny", "cast")] == 90000.0
+
+
+def test_cuda_estimate_takes_only_the_same_methods_stored_rate(tmp_path):
+    from castlab.sweep.gpu_estimate import run_estimate
+    from castlab.sweep.plan import PlannedRun, estimate_seconds
+
+    cfg = TrainConfig(method="cast", model="opt-tiny", tokens=64_000, seq_len=32, batch_size=2,
+                      device="cuda")
+    run = PlannedRun(cfg, tmp_path / "r", "run")
+    teacher_rate = {("opt-tiny", "dense"): 2e6, ("opt-tiny", "*"): 2e6}  # big-batch teachers
+    assert estimate_seconds(run, teacher_rate) == pytest.approx(run_estimate(cfg).seconds)
+    own = {**teacher_rate, ("opt-tiny", "cast"): 5000.0}
+    assert estimate_seconds(run, own) == pytest.approx(run_estimate(cfg, 5000.0).seconds)
+    assert run_estimate(cfg, 5000.0).seconds != pytest.approx(run_estimate(cfg).seconds)

@@ -100,7 +100,7 @@ def phase_summary(plan: list[PlannedRun], estimates: dict[str, float | None], sp
         slots, per_gpu, note = _slots(spec)
         runs = []
         for r in left:
-            rate = rates.get((r.config.model, r.config.method)) or rates.get((r.config.model, "*"))
+            rate = rates.get((r.config.model, r.config.method))  # as plan.estimate_seconds
             est = gpu_estimate.run_estimate(r.config, rate) if r in cuda else None
             runs.append(est or gpu_estimate.GpuRunEstimate(estimates.get(r.run_id) or 0.0, 0.0))
         wall = gpu_estimate.makespan(runs, slots, per_gpu)

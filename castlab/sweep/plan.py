@@ -218,8 +218,9 @@ def estimate_seconds(run: PlannedRun, throughput: dict[tuple[str, str], float],
     if wants_cuda(cfg.device):  # never timed on this CPU: stored CUDA rates or the H200 model
         from castlab.sweep.gpu_estimate import run_estimate
 
-        rate = throughput.get((cfg.model, cfg.method)) or throughput.get((cfg.model, "*"))
-        est = run_estimate(cfg, rate)
+        # the same method's rate only: a teacher's (its own batch size) says little of a
+        # student step, where launches, not tokens, set the time
+        est = run_estimate(cfg, throughput.get((cfg.model, cfg.method)))
         return None if est is None else est.seconds
     if cfg.method in ONESHOT_METHODS:
         return STARTUP_SECONDS
