@@ -344,6 +344,7 @@ def test_cuda_dry_run_never_times_steps_on_the_cpu(sweep, monkeypatch):
     assert "phase teachers: 2 of 2 runs left" in out and "phase students: 6 of 6 runs left" in out
     assert "1 GPU (assumed; none visible here) x 2 runs per GPU" in out
     assert "CUDA estimates: H200 model (989 TFLOP/s bf16 peak at 25% MFU" in out
+    assert "summed over runs (wall per phase above)" in out
 
 
 def test_cuda_rates_come_only_from_cuda_rows(tmp_path):

@@ -140,8 +140,11 @@ def _cmd_sweep(args) -> int:
         lines, left = plan_table(plan, spec)
         print("\n".join(lines))
         counts = Counter(store.run_state(r.run_dir) for r in plan)
+        shared = any(wants_cuda(r.config.device) for r in plan)  # runs may share cards
         print(f"{len(plan)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
-              f"estimated time left {format_seconds(left)}; results in {spec.results_dir()}")
+              f"estimated time left {format_seconds(left)}"
+              + (" summed over runs (wall per phase above)" if shared else "")
+              + f"; results in {spec.results_dir()}")
         return 0
 
     def stop(signum, frame):  # SIGTERM (scancel, kill) stops as cleanly as Ctrl-C
