@@ -13,8 +13,9 @@ import pytest
 from castlab import store
 from castlab.cli import main
 from castlab.law.synthetic import TEACHER, synthetic_case
+from castlab.plotting import plain_axis, plain_label, pyplot, tokens_label
 from castlab.report.commands import write_report
-from castlab.report.figures import plain_label, ppl_label, tokens_label
+from castlab.report.figures import ppl_label
 from castlab.report.study import run_study
 from castlab.report.tables import headline_table, heldout_table
 
@@ -118,6 +119,26 @@ def test_tick_labels_are_plain():
     assert [tokens_label(v) for v in (16384, 131072, 1048576, 2500)] == ["16k", "131k", "1.05M",
                                                                         "2.5k"]
     assert [plain_label(v) for v in (100.0, 110.0, 2.5)] == ["100", "110", "2.5"]
+
+
+def _drawn_labels(axis) -> list[str]:
+    labels = [t.get_text() for t in axis.get_ticklabels(which="both")]
+    return [t for t in labels if t]
+
+
+def test_log_ppl_axis_under_a_decade_gets_plain_labels_of_its_minor_ticks():
+    # matplotlib alone labels a 90-130 log axis only with minor ticks in 1.1x10^2 style
+    plt = pyplot()
+    fig, (ax, bare) = plt.subplots(1, 2)
+    for a in (ax, bare):
+        a.plot([90, 130], [90, 130])
+        a.set(yscale="log", ylim=(90, 130))
+    plain_axis(ax.yaxis)
+    fig.canvas.draw()
+    assert any("times" in t for t in _drawn_labels(bare.yaxis))  # the default this replaces
+    labels = _drawn_labels(ax.yaxis)
+    assert "100" in labels and all(re.fullmatch(r"\d+", t) for t in labels), labels
+    plt.close(fig)
 
 
 def _numbers(cell: str) -> list[float]:

@@ -11,19 +11,10 @@ from castlab.law.bootstrap import interval, predictive_draws
 from castlab.law.points import Points
 from castlab.law.predict import Law
 from castlab.law.validate import ppl_of_log_loss
+from castlab.plotting import plain_axis, pyplot, save, tokens_label
 
 FIGURES = ("pred_vs_actual.png", "ppl_vs_tokens.png", "residuals_vs_extrapolation.png")
 MAX_CURVES = 12
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "figure.dpi": 110})
-    return plt
 
 
 def plot_all(law: Law, pts: Points, heldout: pd.DataFrame, out_dir: str | Path) -> list[Path]:
@@ -36,7 +27,7 @@ def plot_all(law: Law, pts: Points, heldout: pd.DataFrame, out_dir: str | Path) 
 
 def pred_vs_actual(law: Law, pts: Points, heldout: pd.DataFrame, path: Path) -> Path:
     """Log-log predicted vs actual PPL: in-sample fit, held-out predictions with intervals, y = x."""
-    plt = _pyplot()
+    plt = pyplot(11)
     fig, ax = plt.subplots(figsize=(6, 5.5))
     actual, fitted = np.exp(pts.loss), ppl_of_log_loss(law.fit.predict_log(pts))
     ax.scatter(actual, fitted, s=22, c="tab:blue", alpha=0.7, label="in-sample (fit on all runs)")
@@ -54,13 +45,15 @@ def pred_vs_actual(law: Law, pts: Points, heldout: pd.DataFrame, path: Path) -> 
     ax.plot(lim, lim, "k--", lw=1, label="y = x")
     ax.set(xscale="log", yscale="log", xlim=lim, ylim=lim, xlabel="actual validation PPL",
            ylabel="predicted PPL", title=f"law {law.fit.form}: predicted vs actual")
+    plain_axis(ax.xaxis)
+    plain_axis(ax.yaxis)
     ax.legend(fontsize=9, loc="upper left")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def ppl_vs_tokens(law: Law, pts: Points, path: Path) -> Path:
     """Observed PPL vs tokens per size with the fitted curve and its prediction band."""
-    plt = _pyplot()
+    plt = pyplot(11)
     fig, ax = plt.subplots(figsize=(7, 5))
     d_grid = np.geomspace(pts.d.min() / 1.5, pts.d.max() * 4, 60)
     colors = plt.get_cmap("viridis")
@@ -88,13 +81,15 @@ def ppl_vs_tokens(law: Law, pts: Points, path: Path) -> Path:
     ax.axvline(pts.d.max(), color="grey", ls=":", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="training tokens D", ylabel="validation PPL",
            title=f"law {law.fit.form}: PPL vs tokens ({law.level:.0%} band, dotted: largest fitted D)")
+    plain_axis(ax.xaxis, tokens_label)
+    plain_axis(ax.yaxis)
     ax.legend(fontsize=8, ncol=2, loc="upper right")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def residuals_vs_extrapolation(heldout: pd.DataFrame, form: str, path: Path) -> Path:
     """Held-out relative PPL error vs how far beyond the training data the point lies."""
-    plt = _pyplot()
+    plt = pyplot(11)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     styles = {"tokens": ("o", "tab:red", "tokens (D from <= D/2, <= D/4)"),
               "size": ("s", "tab:purple", "model size (left out)")}
@@ -110,13 +105,4 @@ def residuals_vs_extrapolation(heldout: pd.DataFrame, form: str, path: Path) -> 
     ax.set(xlabel="extrapolation distance (decades beyond the training data, log10 ratio)",
            ylabel="held-out PPL error (%)", title=f"law {form}: held-out residuals")
     ax.legend(fontsize=9)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from castlab.plotting import plain_axis, pyplot, save, tokens_label
 from castlab.report.runs import seed_noise
 from castlab.report.study import KIND_LABELS, Study, quarter_points
 from castlab.report.tables import cells, ok_rows, sizes, teachers
@@ -24,32 +25,6 @@ STYLE = {"cast": ("o", "tab:red"), "dense-kd": ("s", "tab:blue"), "sr-ste": ("^"
          "ast": ("v", "tab:purple")}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "figure.dpi": 110})
-    return plt
-
-
-def tokens_label(v: float, _pos=None) -> str:
-    """16k, 131k, 1M, 2.5M: a token count as a reader says it."""
-    if v >= 1e6:
-        return f"{v / 1e6:.3g}M"
-    if v >= 1e4:  # 16,384 -> 16k, 131,072 -> 131k: whole thousands read best on a log axis
-        return f"{v / 1e3:.0f}k"
-    if v >= 1e3:
-        return f"{v / 1e3:.2g}k"
-    return f"{v:.3g}"
-
-
-def plain_label(v: float, _pos=None) -> str:
-    """100, 110, 2.5: a number without an exponent."""
-    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-
-
 def ppl_label(rows: pd.DataFrame) -> str:
     """The PPL axis label with its unit: validation PPL at the eval sequence length of the rows."""
     lens = sorted({int(v) for v in rows["seq_len"].dropna()}) if "seq_len" in rows else []
@@ -57,20 +32,19 @@ def ppl_label(rows: pd.DataFrame) -> str:
 
 
 def _plain_axes(ax, log_x: bool = True) -> None:
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import NullFormatter
 
-    if log_x:
+    if log_x:  # token budgets double: a base-2 locator puts a labelled tick on each budget
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=2))
-        ax.xaxis.set_major_formatter(FuncFormatter(tokens_label))
+        plain_axis(ax.xaxis, tokens_label, log_base=2)
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_major_formatter(FuncFormatter(plain_label))
+    plain_axis(ax.yaxis)
 
 
 def ppl_vs_tokens(rows: pd.DataFrame, study: Study, path: Path) -> Path:
     """One panel per size: PPL (mean ± sd over seeds) of every trained method vs tokens, the
     law's CAST curve with its band, and the teacher and the dense-KD twin as reference lines."""
-    plt = _pyplot()
+    plt = pyplot()
     models = sizes(rows)
     ncol = min(2, len(models))
     nrow = -(-len(models) // ncol)
@@ -107,7 +81,7 @@ def ppl_vs_tokens(rows: pd.DataFrame, study: Study, path: Path) -> Path:
         title += f"; law {law.fit.form} fitted to CAST with its {law.level:.0%} band"
     fig.suptitle(title)
     rows_of_legend = -(-len(fig.legends[0].get_texts()) // 4) if below else 0
-    return _save(fig, path, rect=(0, 0.035 * rows_of_legend / nrow, 1, 1))
+    return save(fig, path, rect=(0, 0.035 * rows_of_legend / nrow, 1, 1))
 
 
 def _shared_legend(fig, axes, used: int) -> bool:
@@ -149,7 +123,7 @@ def _law_band(ax, study: Study, model: str, d_min: float, d_max: float) -> None:
 
 def pred_vs_actual(study: Study, path: Path) -> Path:
     """Held-out predictions of the chosen form vs the actual PPL, with intervals and y = x."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5.5))
     ho = study.heldout
     ho = ho[(ho["form"] == study.chosen) & ho["rel_err"].notna()]
@@ -175,14 +149,12 @@ def pred_vs_actual(study: Study, path: Path) -> Path:
         ax.plot(lim, lim, "k--", lw=1, label="y = x")
         ax.set(xlim=lim, ylim=lim)
     _plain_axes(ax, log_x=False)
-    from matplotlib.ticker import FuncFormatter
-
-    ax.xaxis.set_major_formatter(FuncFormatter(plain_label))
+    plain_axis(ax.xaxis)
     ax.set(xlabel="actual validation PPL", ylabel="predicted PPL",
            title=f"law {study.chosen}: held-out predicted vs actual")
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8, loc="upper left")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def cast_seed_noise(rows: pd.DataFrame) -> float:
@@ -197,7 +169,7 @@ def cast_seed_noise(rows: pd.DataFrame) -> float:
 def residuals(study: Study, path: Path, noise: float = float("nan")) -> Path:
     """Held-out relative PPL error vs extrapolation distance (x beyond the training data); the
     band is CAST's seed noise (``cast_seed_noise``) where known."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ho = study.heldout
     ho = ho[(ho["form"] == study.chosen) & ho["rel_err"].notna()]
@@ -231,7 +203,7 @@ def residuals(study: Study, path: Path, noise: float = float("nan")) -> Path:
            ylabel="held-out PPL error", title=f"law {study.chosen}: held-out residuals")
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def draw_all(rows: pd.DataFrame, study: Study, out_dir: Path) -> dict[str, Path]:
@@ -244,12 +216,3 @@ def draw_all(rows: pd.DataFrame, study: Study, out_dir: Path) -> dict[str, Path]
         out["residuals"] = residuals(study, out_dir / FIGURES["residuals"],
                                      cast_seed_noise(ok_rows(rows)))
     return out
-
-
-def _save(fig, path: Path, rect=(0, 0, 1, 1)) -> Path:
-    fig.tight_layout(rect=rect)
-    fig.savefig(path)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path

@@ -1,0 +1,65 @@
+"""Matplotlib set-up and axis labels shared by every castlab figure (``fit-law``, ``report``).
+
+Figures are read at a glance: plain tick labels (100, 110; 16k, 1M), never powers of ten, which
+matplotlib's log axes print by default (1.1x10^2) when an axis spans less than a decade.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def pyplot(font_size: int = 10):
+    """matplotlib.pyplot on the file-only Agg backend, with castlab's font sizes."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a display
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": font_size, "axes.titlesize": font_size + 1,
+                         "figure.dpi": 110})
+    return plt
+
+
+def tokens_label(v: float, _pos=None) -> str:
+    """16k, 131k, 1M, 2.5M: a token count as a reader says it."""
+    if v >= 1e6:
+        return f"{v / 1e6:.3g}M"
+    if v >= 1e4:  # 16,384 -> 16k, 131,072 -> 131k: whole thousands read best on a log axis
+        return f"{v / 1e3:.0f}k"
+    if v >= 1e3:
+        return f"{v / 1e3:.2g}k"
+    return f"{v:.3g}"
+
+
+def plain_label(v: float, _pos=None) -> str:
+    """100, 110, 2.5: a number without an exponent."""
+    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+
+
+def plain_axis(axis, label=plain_label, log_base: float | None = None) -> None:
+    """Plain labels on one axis (``ax.xaxis`` / ``ax.yaxis``). On a log axis the minor ticks are
+    labelled too while the axis spans less than a decade (else no major tick may show at all)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    if log_base is not None:
+        axis.set_major_locator(LogLocator(base=log_base))
+    axis.set_major_formatter(FuncFormatter(label))
+    if axis.get_scale() == "log":
+        def minor(v: float, _pos=None) -> str:
+            lo, hi = sorted(axis.get_view_interval())
+            return label(v) if lo > 0 and np.log10(hi / lo) < 1 else ""
+
+        axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def save(fig, path: Path, rect=(0, 0, 1, 1)) -> Path:
+    """Lay out, write and close ``fig``; returns ``path``."""
+    fig.tight_layout(rect=rect)
+    fig.savefig(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
