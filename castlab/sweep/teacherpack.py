@@ -14,7 +14,6 @@ phase finds the same run ids (the weights are the saved fp32 ones, bit for bit).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from castlab import store
 from castlab.errors import UserError
-from castlab.paths import cache_dir
+from castlab.paths import cache_dir, sha256_file
 
 MANIFEST = "castlab_teachers.json"
 FORMAT = 1
@@ -37,14 +36,6 @@ MAX_PACK_BYTES = 50 * 2**20  # the size meant to travel as one file to an offlin
 def teachers_root() -> Path:
     """Where sweeps keep dense teachers: ``$CASTLAB_CACHE/teachers``."""
     return cache_dir() / "teachers"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def teacher_files(run_dir: Path) -> list[Path]:
@@ -89,7 +80,7 @@ def pack_teachers(sweep_file: Path, out: Path) -> tuple[Path, int]:
                         "tokens": int(c.tokens)})
         for path in teacher_files(run.run_dir):
             files[str(path.relative_to(root))] = {"bytes": path.stat().st_size,
-                                                  "sha256": _sha256(path)}
+                                                  "sha256": sha256_file(path)}
     manifest = json.dumps({"format": FORMAT, "sweep": name, "teachers": entries,
                            "files": files}, indent=1).encode()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +137,7 @@ def unpack_teachers(file: Path) -> tuple[list[str], list[str]]:
         raise UserError(f"{file}: cannot read the teacher pack ({err})") from None
     try:
         for rel, meta in files.items():
-            got = _sha256(staging / rel)
+            got = sha256_file(staging / rel)
             if got != meta["sha256"]:
                 raise UserError(f"{file}: {rel} fails its checksum (sha256 {got[:12]}..., the "
                                 f"manifest says {meta['sha256'][:12]}...); nothing installed")
