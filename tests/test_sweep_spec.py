@@ -36,7 +36,7 @@ def _cache(tmp_path, monkeypatch):
 
 def test_shipped_sweeps_validate_and_plan(tmp_path):
     expected = {"smoke.yaml": 13, "opt_family.yaml": 78, "opt_family_long.yaml": 13,
-                "opt_hf.yaml": 45, "opt_family_gpu.yaml": 116}
+                "opt_hf.yaml": 45, "opt_family_gpu.yaml": 116, "opt600k_long.yaml": 7}
     assert sorted(p.name for p in SWEEPS.glob("*.yaml")) == sorted(expected)
     for name, count in expected.items():
         plan = build_plan(load_sweep(SWEEPS / name))
@@ -55,6 +55,16 @@ def test_long_companion_reuses_the_opt_family_teacher_and_starts_where_decay_com
     main_budgets = sorted({r.config.tokens for r in main if r.kind == "run" and r.config.tokens})
     long_budgets = sorted({r.config.tokens for r in long if r.kind == "run"})
     assert long_budgets[0] == main_budgets[-1] and long_budgets[-1] == 8 * main_budgets[-1]
+
+
+def test_opt600k_long_plans_the_shipped_rows_from_the_opt_family_teacher():
+    main = build_plan(load_sweep(SWEEPS / "opt_family.yaml"))
+    long = build_plan(load_sweep(SWEEPS / "opt600k_long.yaml"))
+    teacher = next(r.run_id for r in long if r.kind == "teacher")
+    assert teacher in {r.run_id for r in main if r.kind == "teacher"}
+    shipped = SWEEPS.parent / "results" / "reference" / "opt600k_long"
+    assert {r.run_id for r in long if r.kind == "run"} == {
+        d.name for d in shipped.iterdir() if (d / "result.parquet").exists()}
 
 
 def test_opt_family_design():
