@@ -92,13 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # 'castlab data prepare', not 'castlab data': a group's subcommand names the failing command
+    command = " ".join(filter(None, (args.command, getattr(args, f"{args.command}_command", None))))
     try:
         return int(args.func(args) or 0)
     except UserError as err:
-        print(f"castlab {args.command}: error: {err}", file=sys.stderr)
+        print(f"castlab {command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"castlab {args.command}: interrupted", file=sys.stderr)
+        print(f"castlab {command}: interrupted", file=sys.stderr)
         return 130
 
 

