@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tarfile
 from pathlib import Path
 
 
@@ -42,3 +43,18 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def extract_members(tar: tarfile.TarFile, dest: Path, members: list[tarfile.TarInfo]) -> None:
+    """Extract ``members`` under ``dest``, refusing links, devices, absolute paths and '..'
+    (tarfile.TarError). Pythons before 3.10.12 / 3.11.4 lack tarfile's "data" filter, which
+    also guards this; the checks here hold on every supported Python (>= 3.10)."""
+    for member in members:
+        parts = Path(member.name).parts
+        if not (member.isfile() or member.isdir()) or member.name.startswith("/") or ".." in parts:
+            raise tarfile.TarError(f"unsafe member '{member.name}' (links, devices, absolute "
+                                   "paths and '..' are refused)")
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, members=members, filter="data")
+    else:
+        tar.extractall(dest, members=members)

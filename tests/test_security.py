@@ -90,3 +90,40 @@ def test_edited_task_folder_is_rendered_again(tmp_path, monkeypatch):
     assert {f.name: f.read_text() for f in again.iterdir()} == original
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no stale or temp folder left
     assert zeroshot.render_tasks(bench) == out  # an intact folder is reused
+
+
+def _tar_with(path, extra):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        data = b"ok"
+        info = tarfile.TarInfo("corpus/a.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        tar.addfile(extra)
+    return path
+
+
+@pytest.mark.parametrize("with_data_filter", [True, False])
+@pytest.mark.parametrize("kind", ["symlink", "dotdot", "absolute"])
+def test_pack_extraction_refuses_links_and_escapes_on_every_python(tmp_path, monkeypatch,
+                                                                  kind, with_data_filter):
+    import tarfile
+
+    from castlab.paths import extract_members
+
+    if not with_data_filter:  # a Python before 3.10.12 / 3.11.4 has no "data" filter
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    bad = tarfile.TarInfo({"symlink": "corpus/link", "dotdot": "corpus/../../evil.txt",
+                           "absolute": "/tmp/evil.txt"}[kind])
+    if kind == "symlink":
+        bad.type, bad.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    archive = _tar_with(tmp_path / "p.tar", bad)
+    dest = tmp_path / "dest"
+    with tarfile.open(archive) as tar, pytest.raises(tarfile.TarError, match="unsafe member"):
+        extract_members(tar, dest, tar.getmembers())
+    assert not dest.exists() and not (tmp_path / "evil.txt").exists()
+    with tarfile.open(archive) as tar:  # the safe member alone extracts
+        extract_members(tar, dest, tar.getmembers()[:1])
+    assert (dest / "corpus" / "a.txt").read_bytes() == b"ok"

@@ -20,7 +20,7 @@ from pathlib import Path
 from castlab.data.corpus import CORPUS_SOURCES, PackageCorpus, corpus_cache_dir, load_corpus
 from castlab.data.tokenizer import get_tokenizer
 from castlab.errors import UserError
-from castlab.paths import cache_dir
+from castlab.paths import cache_dir, extract_members
 
 MAX_PACK_BYTES = 50 * 2**20  # what the pack is meant to fit: one file copied to a GPU node
 
@@ -79,10 +79,8 @@ def unpack_corpus(file: Path) -> dict:
             if bad:
                 raise UserError(f"{file}: unexpected member '{bad[0]}' in a corpus pack")
             manifest = json.loads(tar.extractfile("castlab_pack.json").read())
-            # the data filter refuses absolute paths, links out of the tree and device files
-            tar.extractall(cache_dir(), members=[m for m in tar.getmembers()
-                                                 if m.name != "castlab_pack.json"],
-                           filter="data")
+            extract_members(tar, cache_dir(), [m for m in tar.getmembers()
+                                               if m.name != "castlab_pack.json"])
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UserError(f"{file}: cannot read the corpus pack ({err})") from None
     return manifest

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from castlab import store
 from castlab.errors import UserError
-from castlab.paths import cache_dir, sha256_file
+from castlab.paths import cache_dir, extract_members, sha256_file
 
 MANIFEST = "castlab_teachers.json"
 FORMAT = 1
@@ -130,8 +130,7 @@ def unpack_teachers(file: Path) -> tuple[list[str], list[str]]:
             if absent:
                 raise UserError(f"{file}: '{sorted(absent)[0]}' is in the manifest but not in "
                                 "the pack (truncated?)")
-            # the data filter also refuses absolute paths, links and device files
-            tar.extractall(staging, members=members, filter="data")
+            extract_members(tar, staging, members)
     except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError, KeyError) as err:
         shutil.rmtree(staging, ignore_errors=True)
         raise UserError(f"{file}: cannot read the teacher pack ({err})") from None
