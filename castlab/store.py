@@ -329,6 +329,12 @@ def mark_running(run_dir: Path, pid: int | None = None) -> bool:
     run_dir = Path(run_dir)
     pid = os.getpid() if pid is None else pid
     with claim_lock(run_dir):
+        # The lock first, the result second: a holder writes its row before it clears the lock
+        # (outside this flock), so a row finished while we look is seen below. The other order
+        # let a claim slip between the holder's row and its clear_running and run it twice.
+        info = lock_info(run_dir)
+        if info and info.get("pid") != pid and lock_is_live(run_dir):
+            return False
         if (run_dir / RESULT_FILE).exists():
             try:
                 _read_result(run_dir / RESULT_FILE)
@@ -338,9 +344,6 @@ def mark_running(run_dir: Path, pid: int | None = None) -> bool:
                       file=sys.stderr)
             else:
                 return False
-        info = lock_info(run_dir)
-        if info and info.get("pid") != pid and lock_is_live(run_dir):
-            return False
         body = {"pid": pid, "host": socket.gethostname(), "start_time": time.time(),
                 "proc_start": proc_start_time(pid)}
         tmp = run_dir / f".{LOCK_FILE}.{os.getpid()}.tmp"

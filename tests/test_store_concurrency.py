@@ -83,3 +83,24 @@ def test_eight_processes_write_one_store(tmp_path):
     print(f"\n{WRITERS} writers: {len(df)}/{expected} rows present and readable, "
           f"{SHARED_RUNS} contended runs written once each, reader completed {out.strip()} "
           f"strict loads without a partial file")
+
+
+def test_a_claim_racing_the_holders_finish_does_not_run_it_twice(tmp_path, monkeypatch):
+    """The holder writes its row and clears its lock (outside the claim flock) exactly while
+    another process checks the run: the claim must see the row or the lock, never neither."""
+    run = tmp_path / "shared-0"
+    holder = os.getppid()  # a live process other than this one holds the run
+    assert store.mark_running(run, pid=holder)
+    row = {"run_id": run.name, "status": "ok", "method": "cast", "model": "opt-tiny",
+           "eval_loss": 4.0, "ppl": 54.6}
+    real_lock_info = store.lock_info
+
+    def holder_finishes_first(run_dir):
+        if not (run / store.RESULT_FILE).exists():
+            store.write_row(run, row)  # the holder's last two steps, in its order
+            store.clear_running(run)
+        return real_lock_info(run_dir)
+
+    monkeypatch.setattr(store, "lock_info", holder_finishes_first)
+    assert not store.mark_running(run)  # checking the result before the lock claimed it here
+    assert not (run / store.LOCK_FILE).exists() and store.run_state(run) == "done"
