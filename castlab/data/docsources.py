@@ -88,41 +88,47 @@ def deb_data(path: Path) -> tarfile.TarFile:
     raise FetchError(f"{path.name} has no data.tar member")
 
 
-def _members(tar: tarfile.TarFile, pattern: str) -> Iterator[tuple[str, str]]:
+def _members_bytes(tar: tarfile.TarFile, pattern: str) -> Iterator[tuple[str, bytes]]:
     regex = re.compile(pattern)
     for member in sorted(tar.getmembers(), key=lambda m: m.name):
         match = regex.match(member.name)
         if match and member.isfile():
-            yield match.group(1), tar.extractfile(member).read().decode("utf-8", "replace")
+            yield match.group(1), tar.extractfile(member).read()
 
 
-def _rst_documents(source: str, tar: tarfile.TarFile, pattern: str,
-                   skip: tuple[str, ...] = ()) -> list[RawDocument]:
+def _members(tar: tarfile.TarFile, pattern: str) -> Iterator[tuple[str, str]]:
+    for rel, raw in _members_bytes(tar, pattern):
+        yield rel, raw.decode("utf-8", "replace")
+
+
+def _documents(source: str, tar: tarfile.TarFile, pattern: str,
+                   skip: tuple[str, ...] = (), strip=strip_rst) -> list[RawDocument]:
+    """One document per matching member, named ``source/rel``, its markup removed by ``strip``."""
     docs = []
     for rel, text in _members(tar, pattern):
         if not rel.startswith(skip):
             name = f"{source}/{rel}"
-            docs.append(RawDocument(name, name, strip_rst(text)))
+            docs.append(RawDocument(name, name, strip(text)))
     return docs
 
 
 def extract_django_docs(paths: dict[str, Path]) -> list[RawDocument]:
     """Django's documentation (reST ``docs/**/*.txt`` of the sdist), one document per page."""
     with tarfile.open(paths[DJANGO.filename]) as tar:
-        return _rst_documents("django-docs", tar, r"^django-5\.2\.8/docs/(.+)\.txt$")
+        return _documents("django-docs", tar, r"^django-5\.2\.8/docs/(.+)\.txt$")
 
 
 def extract_python_docs(paths: dict[str, Path]) -> list[RawDocument]:
     """The CPython 3.11 manual: Sphinx's ``_sources/*.rst.txt`` copies of the reST pages."""
     with deb_data(paths[PYTHON_DOC.filename]) as tar:
-        return _rst_documents("python-docs", tar,
+        return _documents("python-docs", tar,
                               r"^\./usr/share/doc/python3\.11/html/_sources/(.+)\.rst\.txt$")
 
 
 def extract_linux_docs(paths: dict[str, Path]) -> list[RawDocument]:
     """The Linux 6.1 kernel documentation (reST sources), without its non-English translations."""
     with deb_data(paths[LINUX_DOC.filename]) as tar:
-        return _rst_documents("linux-docs", tar,
+        return _documents("linux-docs", tar,
                               r"^\./usr/share/doc/linux-doc-6\.1/html/_sources/(.+)\.rst\.txt$",
                               skip=("translations/",))
 
@@ -130,14 +136,14 @@ def extract_linux_docs(paths: dict[str, Path]) -> list[RawDocument]:
 def extract_perl_docs(paths: dict[str, Path]) -> list[RawDocument]:
     """The Perl 5.36 manual (``perl*.pod``), one document per page."""
     with deb_data(paths[PERL_DOC.filename]) as tar:
-        return [RawDocument(f"perl-docs/{rel}", f"perl-docs/{rel}", strip_pod(text))
-                for rel, text in _members(tar, r"^\./usr/share/perl/[\d.]+/pod/(.+)\.pod$")]
+        return _documents("perl-docs", tar, r"^\./usr/share/perl/[\d.]+/pod/(.+)\.pod$",
+                              strip=strip_pod)
 
 
 def extract_sqlalchemy_docs(paths: dict[str, Path]) -> list[RawDocument]:
     """SQLAlchemy 1.4's documentation (reST sources shipped by Debian), one document per page."""
     with deb_data(paths[SQLALCHEMY_DOC.filename]) as tar:
-        return _rst_documents("sqlalchemy-docs", tar,
+        return _documents("sqlalchemy-docs", tar,
                               r"^\./usr/share/doc/python-sqlalchemy-doc/rst/(.+)\.rst$")
 
 
@@ -145,7 +151,7 @@ def extract_pandas_docs(paths: dict[str, Path]) -> list[RawDocument]:
     """pandas 1.5's user guide, tutorials and release notes; the per-function API stubs
     (``reference/api``: a title and an autodoc directive each, no prose) are left out."""
     with deb_data(paths[PANDAS_DOC.filename]) as tar:
-        return _rst_documents("pandas-docs", tar,
+        return _documents("pandas-docs", tar,
                               r"^\./usr/share/doc/python-pandas-doc/html/_sources/(.+)\.rst\.txt$",
                               skip=("reference/api/",))
 
@@ -153,7 +159,7 @@ def extract_pandas_docs(paths: dict[str, Path]) -> list[RawDocument]:
 def extract_sympy_docs(paths: dict[str, Path]) -> list[RawDocument]:
     """SymPy 1.11's documentation (reST and Markdown sources), one document per page."""
     with deb_data(paths[SYMPY_DOC.filename]) as tar:
-        return _rst_documents("sympy-docs", tar,
+        return _documents("sympy-docs", tar,
                               r"^\./usr/share/doc/python-sympy-doc/html/_sources/(.+)\.(?:rst|md)\.txt$")
 
 
@@ -175,8 +181,8 @@ def extract_git_docs(paths: dict[str, Path]) -> list[RawDocument]:
     """Git 2.39's manual pages, user manual and technical notes (AsciiDoc ``*.txt``), one
     document per file; the rendered HTML copies are not read (the same text again)."""
     with deb_data(paths[GIT_DOC.filename]) as tar:
-        return [RawDocument(f"git-docs/{rel}", f"git-docs/{rel}", strip_asciidoc(text))
-                for rel, text in _members(tar, r"^\./usr/share/doc/git-doc/(.+)\.txt$")]
+        return _documents("git-docs", tar, r"^\./usr/share/doc/git-doc/(.+)\.txt$",
+                              strip=strip_asciidoc)
 
 
 def extract_astropy_docs(paths: dict[str, Path]) -> list[RawDocument]:
@@ -184,7 +190,7 @@ def extract_astropy_docs(paths: dict[str, Path]) -> list[RawDocument]:
     stubs (``api/``: member lists, no prose), the gallery pages (``generated/``: download
     links around the examples) and the licence text are left out."""
     with deb_data(paths[ASTROPY_DOC.filename]) as tar:
-        return _rst_documents("astropy-docs", tar,
+        return _documents("astropy-docs", tar,
                               r"^\./usr/share/doc/python-astropy-doc/html/_sources/(.+)\.rst\.txt$",
                               skip=("api/", "generated/", "license"))
 
@@ -233,13 +239,6 @@ def extract_gcide(paths: dict[str, Path]) -> list[RawDocument]:
     return gcide_documents(gzip.decompress(files["gcide.dict.dz"]),
                            files["gcide.index"].decode("utf-8", "replace"))
 
-
-def _members_bytes(tar: tarfile.TarFile, pattern: str) -> Iterator[tuple[str, bytes]]:
-    regex = re.compile(pattern)
-    for member in tar.getmembers():
-        match = regex.match(member.name)
-        if match and member.isfile():
-            yield match.group(1), tar.extractfile(member).read()
 
 
 DOC_SOURCES: dict[str, TextSource] = {
