@@ -58,3 +58,13 @@ def extract_members(tar: tarfile.TarFile, dest: Path, members: list[tarfile.TarI
         tar.extractall(dest, members=members, filter="data")
     else:
         tar.extractall(dest, members=members)
+
+
+MAX_PACK_BYTES = 50 * 2**20  # what a pack is meant to fit: one file copied to an offline node
+
+
+def pack_size(path: Path) -> str:
+    """'27.0 MiB' for a corpus or teacher pack, flagged when over MAX_PACK_BYTES."""
+    size = Path(path).stat().st_size
+    return f"{size / 2**20:.1f} MiB" + ("" if size <= MAX_PACK_BYTES
+                                        else "  (over the 50 MiB meant for one copy)")

@@ -127,3 +127,14 @@ def test_pack_extraction_refuses_links_and_escapes_on_every_python(tmp_path, mon
     with tarfile.open(archive) as tar:  # the safe member alone extracts
         extract_members(tar, dest, tar.getmembers()[:1])
     assert (dest / "corpus" / "a.txt").read_bytes() == b"ok"
+
+
+def test_pack_size_flags_a_pack_over_the_one_copy_limit(tmp_path):
+    from castlab.paths import MAX_PACK_BYTES, pack_size
+
+    small, big = tmp_path / "small.tar.xz", tmp_path / "big.tar.xz"
+    small.write_bytes(b"x" * (3 * 2**20 // 2))
+    with open(big, "wb") as handle:  # sparse: one byte past the limit
+        handle.truncate(MAX_PACK_BYTES + 1)
+    assert pack_size(small) == "1.5 MiB"
+    assert pack_size(big) == "50.0 MiB  (over the 50 MiB meant for one copy)"

@@ -20,9 +20,7 @@ from pathlib import Path
 from castlab.data.corpus import CORPUS_SOURCES, PackageCorpus, corpus_cache_dir, load_corpus
 from castlab.data.tokenizer import get_tokenizer
 from castlab.errors import UserError
-from castlab.paths import cache_dir, extract_members
-
-MAX_PACK_BYTES = 50 * 2**20  # what the pack is meant to fit: one file copied to a GPU node
+from castlab.paths import cache_dir, extract_members, pack_size
 
 
 def register_pack(commands: argparse._SubParsersAction) -> None:
@@ -89,9 +87,7 @@ def unpack_corpus(file: Path) -> dict:
 def run_pack(args: argparse.Namespace) -> int:
     """Pack a corpus; print the file, its size and whether it fits the 50 MB target."""
     out = pack_corpus(args.corpus, args.vocab_size, args.out)
-    size = out.stat().st_size
-    print(f"{out}  {size / 2**20:.1f} MiB"
-          + ("" if size <= MAX_PACK_BYTES else "  (over the 50 MiB meant for one copy)"))
+    print(f"{out}  {pack_size(out)}")
     return 0
 
 

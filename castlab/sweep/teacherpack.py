@@ -24,13 +24,12 @@ from pathlib import Path
 
 from castlab import store
 from castlab.errors import UserError
-from castlab.paths import cache_dir, extract_members, sha256_file
+from castlab.paths import cache_dir, extract_members, pack_size, sha256_file
 
 MANIFEST = "castlab_teachers.json"
 FORMAT = 1
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".yaml", ".parquet")
 RUN_FILES = ("config.yaml", "result.parquet", "curve.parquet")  # beside model/
-MAX_PACK_BYTES = 50 * 2**20  # the size meant to travel as one file to an offline node
 
 
 def teachers_root() -> Path:
@@ -159,9 +158,7 @@ def unpack_teachers(file: Path) -> tuple[list[str], list[str]]:
 def run_pack(args: argparse.Namespace) -> int:
     """Pack a sweep's teachers; print the file, its size and whether it fits 50 MiB."""
     out, count = pack_teachers(args.sweep, args.file)
-    size = out.stat().st_size
-    print(f"{out}: {count} teachers, {size / 2**20:.1f} MiB"
-          + ("" if size <= MAX_PACK_BYTES else "  (over the 50 MiB meant for one copy)"))
+    print(f"{out}: {count} teachers, {pack_size(out)}")
     return 0
 
 
