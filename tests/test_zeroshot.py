@@ -86,10 +86,15 @@ def test_each_local_task_runs_offline_with_limit(cli_scores, task):
     assert entry["acc"] * LIMIT == pytest.approx(round(entry["acc"] * LIMIT))
     assert entry["max_length"] == 256  # opt-tiny's position limit, read from its config
     assert 0 <= entry["truncated"] <= LIMIT
+    # standard error of a mean of 0/1 values: sample sd / sqrt(n) = sqrt(p (1 - p) / (n - 1))
+    p = entry["acc"]
+    assert entry["acc_stderr"] == pytest.approx((p * (1 - p) / (LIMIT - 1)) ** 0.5)
     if task in ("winogrande", "boolq", "lambada_openai"):
-        assert entry["acc_norm"] is None
+        assert entry["acc_norm"] is None and entry["acc_norm_stderr"] is None
     else:
         assert 0.0 <= entry["acc_norm"] <= 1.0
+        q = entry["acc_norm"]
+        assert entry["acc_norm_stderr"] == pytest.approx((q * (1 - q) / (LIMIT - 1)) ** 0.5)
     assert cli_scores["lm_eval"] == zeroshot.lm_eval_version()
 
 
@@ -232,9 +237,25 @@ def test_parse_tasks_and_row_columns():
     assert zeroshot.lm_eval_name("mmlu") == "mmlu"  # stock names pass through
     with pytest.raises(UserError, match="tasks: empty"):
         zeroshot.parse_tasks(" , ")
-    row = zeroshot.row_columns({"piqa": {"acc": 0.5, "acc_norm": 0.25, "n": 4, "truncated": 1}})
-    assert row == {"zs_piqa_acc": 0.5, "zs_piqa_acc_norm": 0.25, "zs_piqa_n": 4,
-                   "zs_piqa_truncated": 1}
+    row = zeroshot.row_columns({"piqa": {"acc": 0.5, "acc_stderr": 0.2, "acc_norm": 0.25, "n": 4,
+                                         "truncated": 1}})
+    assert row == {"zs_piqa_acc": 0.5, "zs_piqa_acc_stderr": 0.2, "zs_piqa_acc_norm": 0.25,
+                   "zs_piqa_n": 4, "zs_piqa_truncated": 1}
+
+
+def test_mean_stderr_and_the_printed_table():
+    """acc ± its standard error in the text table (issue 24: n = 20 printed no error)."""
+    from castlab.downstream.commands import scores_table
+
+    samples = [{"acc": v} for v in (1, 0, 0, 1, 1)] + [{"other": 1.0}]
+    # sd (ddof 1) of 1,0,0,1,1 = sqrt(0.3); / sqrt(5)
+    assert zeroshot.mean_stderr(samples, "acc") == pytest.approx((0.3 / 5) ** 0.5)
+    assert zeroshot.mean_stderr(samples[:1], "acc") is None
+    lines = scores_table({"boolq": {"acc": 0.6, "acc_stderr": 0.2449, "acc_norm": None,
+                                    "acc_norm_stderr": None, "n": 5, "truncated": 0}})
+    assert "acc ± stderr" in lines[0]
+    assert lines[1].split() == ["boolq", "5", "0.6000", "±", "0.2449", "-", "0"]
+    assert "standard error" in lines[-1]
 
 
 def test_wheel_checksum_is_enforced(tmp_path):

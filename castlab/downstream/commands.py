@@ -86,6 +86,25 @@ def _announce_benchdata(tasks: list[str]) -> None:
               f"kept in {root}", file=sys.stderr, flush=True)
 
 
+def _with_stderr(value: float | None, stderr: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+
+def scores_table(scores: dict[str, dict]) -> list[str]:
+    """The human-readable eval-zeroshot table: accuracy ± its standard error per task (with the
+    few dozen documents of a quick look, the error is as large as the differences people read)."""
+    lines = [f"{'task':<16} {'docs':>6} {'acc ± stderr':>17} {'acc_norm ± stderr':>18} "
+             f"{'truncated':>10}"]
+    for task, entry in scores.items():
+        acc = _with_stderr(entry["acc"], entry.get("acc_stderr"))
+        norm = _with_stderr(entry["acc_norm"], entry.get("acc_norm_stderr"))
+        lines.append(f"{task:<16} {entry['n']:>6} {acc:>17} {norm:>18} {entry['truncated']:>10}")
+    lines.append("stderr: standard error of the mean over the documents (lm-eval's mean_stderr)")
+    return lines
+
+
 def cmd_eval_zeroshot(args) -> int:
     """Score MODEL on zero-shot tasks through lm-eval (offline for castlab's nine tasks)."""
     from castlab.downstream import zeroshot
@@ -97,11 +116,7 @@ def cmd_eval_zeroshot(args) -> int:
     _announce_benchdata(tasks)
     scores = zeroshot.evaluate_zeroshot(model, tokenizer, tasks, limit=args.limit,
                                         batch_size=args.batch_size)
-    lines = [f"{'task':<16} {'docs':>6} {'acc':>7} {'acc_norm':>9} {'truncated':>10}"]
-    for task, entry in scores.items():
-        norm = "-" if entry["acc_norm"] is None else f"{entry['acc_norm']:.4f}"
-        lines.append(f"{task:<16} {entry['n']:>6} {entry['acc']:>7.4f} {norm:>9} "
-                     f"{entry['truncated']:>10}")
+    lines = scores_table(scores)
     if any(entry["truncated"] for entry in scores.values()):
         # lm-eval drops the start of a too-long context without a word; say how often it did.
         window = next(iter(scores.values()))["max_length"]

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import numbers
 import os
 import re
 import shutil
@@ -179,6 +180,20 @@ def _metric(values: dict, name: str) -> float | None:
     return None if math.isnan(value) else value
 
 
+def mean_stderr(samples: list[dict], name: str) -> float | None:
+    """Standard error of a per-document metric's mean (``acc``, ``acc_norm``) from lm-eval's logged
+    samples, with lm-eval's own ``mean_stderr`` (sample sd / sqrt(n)); None below two documents.
+
+    ``simple_evaluate`` runs with ``bootstrap_iters=0`` (lambada's perplexity would otherwise start a
+    process pool to bootstrap), which leaves lm-eval's ``acc_stderr`` as "N/A": with a few dozen
+    documents the accuracy is only known to +-0.1, so the error is computed here instead.
+    """
+    from lm_eval.api.metrics import mean_stderr as lm_eval_mean_stderr
+
+    values = [float(s[name]) for s in samples if isinstance(s.get(name), numbers.Real)]
+    return float(lm_eval_mean_stderr(values)) if len(values) > 1 else None
+
+
 def run_lm_eval(model: nn.Module, tokenizer, tasks: list[str], limit: int | None = None,
                 batch_size: int = 8) -> tuple[object, dict]:
     """lm-eval's HFLM on an in-memory model and ``simple_evaluate``'s raw output for ``tasks``.
@@ -223,7 +238,8 @@ def evaluate_zeroshot(model: nn.Module, tokenizer, tasks: str | list[str], limit
                       batch_size: int = 8) -> dict[str, dict]:
     """Zero-shot scores of an in-memory HF causal LM: ``{task: {"acc", "acc_norm", "n", ...}}``.
 
-    ``n`` is the number of documents scored (``limit`` caps it per task). ``acc_norm`` is None for
+    ``n`` is the number of documents scored (``limit`` caps it per task); ``acc_stderr`` and
+    ``acc_norm_stderr`` are the standard errors of the two means (``mean_stderr``). ``acc_norm`` is None for
     tasks lm-eval does not normalise (winogrande, boolq, lambada_openai); lambada also carries its
     ``perplexity``. ``truncated`` counts the documents whose context lm-eval cut to the last
     ``max_length`` tokens (the model's position limit, from its config). The model's train/eval
@@ -238,6 +254,9 @@ def evaluate_zeroshot(model: nn.Module, tokenizer, tasks: str | list[str], limit
         key = lm_eval_name(task)
         values = out["results"][key]
         entry = {m: _metric(values, m) for m in METRICS}
+        for m in METRICS:
+            entry[f"{m}_stderr"] = (mean_stderr(out["samples"][key], m)
+                                    if entry[m] is not None else None)
         entry["n"] = int(out["n-samples"][key]["effective"])
         entry["truncated"] = truncated_documents(lm, out["samples"][key])
         entry["max_length"] = int(lm.max_length)
@@ -249,11 +268,13 @@ def evaluate_zeroshot(model: nn.Module, tokenizer, tasks: str | list[str], limit
 
 
 def row_columns(scores: dict[str, dict]) -> dict[str, float | int | None]:
-    """Result-row columns for a sweep: ``zs_<task>_acc``, ``_acc_norm``, ``_n`` and ``_truncated``."""
+    """Result-row columns for a sweep: ``zs_<task>_acc``, ``_acc_stderr``, ``_acc_norm``, ``_n``
+    and ``_truncated``."""
     row: dict[str, float | int | None] = {}
     for task, entry in scores.items():
         key = task.replace("-", "_")
         row[f"zs_{key}_acc"] = entry["acc"]
+        row[f"zs_{key}_acc_stderr"] = entry.get("acc_stderr")
         row[f"zs_{key}_acc_norm"] = entry["acc_norm"]
         row[f"zs_{key}_n"] = entry["n"]
         row[f"zs_{key}_truncated"] = entry.get("truncated")
