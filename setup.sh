@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-python3}
 # On a GPU machine, install the CUDA torch you want first; pyproject only asks torch>=2.4.
 TORCH_SPEC=${CASTLAB_TORCH:-torch==2.13.0}
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "$TORCH_SPEC" -e '.[dev,ray,slurm]'
+.venv/bin/python -m pip install -q "$TORCH_SPEC" -e '.[dev,ray,slurm,tensorboard]'
 # tcmalloc: 1.2-3x faster fp32 training of small models here (castlab re-executes itself with it).
 if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
    && command -v apt-get >/dev/null; then

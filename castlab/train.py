@@ -51,6 +51,7 @@ from castlab.models import (
     is_preset,
     load_pretrained,
 )
+from castlab.tracking import objective_name, open_trackers
 
 # Most steps between two reads of the training loss on the host (each read waits for the GPU);
 # eval, checkpoint and final steps read it too. The NaN check runs on those reads.
@@ -348,6 +349,9 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), ctx.device)
         start_step, train_seconds, ctx.curve = state["step"], state["train_seconds"], state["curve"]
     ctx.extras.update(peak_lr=peak_lr, lambda_=cfg.lambda_, total_steps=total)
+    # TensorBoard (W&B, MLflow when asked) curves; after a resume only the records not yet logged
+    tracker = open_trackers(cfg, ctx.run_dir, enabled=ctx.is_main,
+                            uses_teacher=teacher is not None, curve=ctx.curve)
 
     bar = tqdm(total=total, initial=start_step, desc=f"{cfg.method} {cfg.model}", unit="step",
                disable=not progress, dynamic_ncols=True)
@@ -391,13 +395,17 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
             record["eval_loss"] = _timed_perplexity(ctx, _unwrap(model), ctx.val_tokens, cfg,
                                                     cfg.eval_tokens).loss
             record.update(method.diagnostics())
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", eval=f"{record['eval_loss']:.3f}")
+            # the training loss is the KD objective when a teacher is used; eval is plain CE
+            bar.set_postfix({objective_name(teacher is not None): f"{record['train_loss']:.3f}",
+                             "val_ce": f"{record['eval_loss']:.3f}"})
+            tracker.log(ctx.curve)
         bar.update(1)
         if save_now and ctx.is_main:
             _save_checkpoint(ckpt_path, _unwrap(model), optimizer, stream, step, train_seconds,
                              ctx.curve, cfg, method.state_dict())
         if stop_now:
             bar.close()
+            tracker.close()
             return None
     bar.close()
     model = _unwrap(model)
@@ -410,7 +418,9 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
             _decay_budget_warning(ctx, method, peak_lr, total)
     ctx.extras["finalize"] = method.finalize(model)
     ctx.cfg = cfg
-    return _finish(ctx, started, steps=total)
+    row = _finish(ctx, started, steps=total)
+    tracker.close(row)
+    return row
 
 
 def _read_losses(curve: list[dict], pending: list[torch.Tensor]) -> None:
