@@ -1,7 +1,11 @@
-"""Matplotlib set-up and axis labels shared by every castlab figure (``fit-law``, ``report``).
+"""Matplotlib set-up and axis labels shared by every castlab figure (``fit-law``, ``report``,
+``curves``).
 
 Figures are read at a glance: plain tick labels (100, 110; 16k, 1M), never powers of ten, which
-matplotlib's log axes print by default (1.1x10^2) when an axis spans less than a decade.
+matplotlib's log axes print by default (1.1x10^2) when an axis spans less than a decade. Layout is
+matplotlib's constrained layout, which keeps titles, labels and legends placed "outside" inside the
+saved canvas (``tight_layout`` with a hand-made margin clipped the one-panel report figure).
+Model sizes are coloured along one sequential colormap in size order (``size_colors``).
 """
 
 from __future__ import annotations
@@ -19,8 +23,31 @@ def pyplot(font_size: int = 10):
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"font.size": font_size, "axes.titlesize": font_size + 1,
-                         "figure.dpi": 110})
+                         "figure.dpi": 110, "figure.constrained_layout.use": True})
     return plt
+
+
+# viridis from dark purple to green: its last fifth is yellow, unreadable on white
+SIZE_CMAP, SIZE_CMAP_RANGE = "viridis", (0.0, 0.78)
+
+
+def size_colors(count: int) -> list:
+    """``count`` colours for model sizes listed smallest first: dark (small) to light green
+    (large) along viridis, never its yellow end."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[SIZE_CMAP]
+    lo, hi = SIZE_CMAP_RANGE
+    return [cmap(lo + (hi - lo) * i / max(1, count - 1)) for i in range(count)]
+
+
+def wrapped(text: str, width_in: float, font_size: float = 11) -> str:
+    """``text`` broken into lines that fit ``width_in`` inches at ``font_size`` points (a title
+    wider than its figure is cut at the canvas edge)."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.55 * font_size)))
+    return "\n".join(textwrap.wrap(text, chars))
 
 
 def tokens_label(v: float, _pos=None) -> str:
@@ -56,8 +83,10 @@ def plain_axis(axis, label=plain_label, log_base: float | None = None) -> None:
 
 
 def save(fig, path: Path, rect=(0, 0, 1, 1)) -> Path:
-    """Lay out, write and close ``fig``; returns ``path``."""
-    fig.tight_layout(rect=rect)
+    """Lay out, write and close ``fig``; returns ``path``. Figures made under ``pyplot()`` use
+    constrained layout; ``rect`` applies to the others (tight layout)."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout(rect=rect)
     fig.savefig(path)
     import matplotlib.pyplot as plt
 

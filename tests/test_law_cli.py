@@ -58,8 +58,10 @@ def test_fit_law_writes_law_json_and_figures(fitted):
     assert law["heldout"][0]["tokens_points"] == 12 and law["heldout"][0]["size_points"] == 0
     assert law["heldout"][0]["tokens_splits"] == 2
     assert len(law["checksum"]) == 64
-    for name in ("pred_vs_actual.png", "ppl_vs_tokens.png", "residuals_vs_extrapolation.png"):
+    # law_ names: `castlab report` writes different figures under the plain names (issue 24)
+    for name in ("law_pred_vs_actual.png", "law_ppl_vs_tokens.png", "law_residuals.png"):
         assert (fitted / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (fitted / "ppl_vs_tokens.png").exists()
 
 
 def test_predict_round_trip_tokens_ppl_tokens(fitted, capsys):

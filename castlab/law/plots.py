@@ -11,9 +11,10 @@ from castlab.law.bootstrap import interval, predictive_draws
 from castlab.law.points import Points
 from castlab.law.predict import Law
 from castlab.law.validate import ppl_of_log_loss
-from castlab.plotting import plain_axis, pyplot, save, tokens_label
+from castlab.plotting import plain_axis, pyplot, save, size_colors, tokens_label
 
-FIGURES = ("pred_vs_actual.png", "ppl_vs_tokens.png", "residuals_vs_extrapolation.png")
+# law_ prefix: `castlab report` writes other figures under the plain names
+FIGURES = ("law_pred_vs_actual.png", "law_ppl_vs_tokens.png", "law_residuals.png")
 MAX_CURVES = 12
 
 
@@ -56,14 +57,16 @@ def ppl_vs_tokens(law: Law, pts: Points, path: Path) -> Path:
     plt = pyplot(11)
     fig, ax = plt.subplots(figsize=(7, 5))
     d_grid = np.geomspace(pts.d.min() / 1.5, pts.d.max() * 4, 60)
-    colors = plt.get_cmap("viridis")
-    keys = list(dict.fromkeys(zip(pts.size, pts.s, strict=True)))
+    # sizes in order of N (then sparsity), coloured along one sequential colormap
+    order = np.lexsort((pts.s, pts.n))
+    keys = list(dict.fromkeys(zip(pts.size[order], pts.s[order], strict=True)))
+    colors = size_colors(len(keys))
     # Many sizes (an external table): every run is drawn, curves and legend for at most
     # MAX_CURVES of them, evenly spread, so the figure stays readable and fast.
     curved = {int(v) for v in np.linspace(0, len(keys) - 1, min(len(keys), MAX_CURVES)).round()}
     for i, (label, s) in enumerate(keys):
         m = (pts.size == label) & (pts.s == s)
-        c = colors(i / max(1, len(keys) - 1))
+        c = colors[i]
         name = f"{label}" + (f", S={s:g}" if len(np.unique(pts.s)) > 1 else "")
         ax.scatter(pts.d[m], np.exp(pts.loss[m]), color=c, s=20, zorder=3,
                    label=name if i in curved else None)
@@ -91,15 +94,19 @@ def residuals_vs_extrapolation(heldout: pd.DataFrame, form: str, path: Path) -> 
     """Held-out relative PPL error vs how far beyond the training data the point lies."""
     plt = pyplot(11)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"tokens": ("o", "tab:red", "tokens (D from <= D/2, <= D/4)"),
+    # one entry per kind of split that has points (no promise of splits that did not run)
+    styles = {"D/2": ("o", "tab:red", "tokens: D from <= D/2"),
+              "D/4": ("D", "tab:orange", "tokens: D from <= D/4"),
               "size": ("s", "tab:purple", "model size (left out)")}
     ho = heldout.dropna(subset=["rel_err"])
-    ho = ho.assign(scheme=np.where(ho["scheme"] == "size", "size", "tokens"))
-    for scheme, (marker, color, label) in styles.items():
-        sub = ho[ho["scheme"] == scheme]
-        if len(sub):
-            ax.scatter(sub["distance"], 100 * sub["rel_err"], marker=marker, color=color, s=22,
-                       alpha=0.75, label=label)
+    for scheme, sub in ho.groupby("scheme", sort=False):
+        marker, color, label = styles.get(str(scheme), ("x", "tab:gray", str(scheme)))
+        ax.scatter(sub["distance"], 100 * sub["rel_err"], marker=marker, color=color, s=22,
+                   alpha=0.75, label=f"{label} ({len(sub)})")
+    # from 0 (no extrapolation) past the farthest point: never a zoom onto one column
+    dist = ho["distance"].to_numpy(float)
+    if len(dist):
+        ax.set_xlim(min(0.0, dist.min()) - 0.02, max(0.1, dist.max()) * 1.25)
     ax.axhline(0, color="k", lw=1)
     ax.axhspan(-1, 1, color="grey", alpha=0.15, label="±1%")
     ax.set(xlabel="extrapolation distance (decades beyond the training data, log10 ratio)",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from castlab.plotting import plain_axis, pyplot, save, tokens_label
+from castlab.plotting import plain_axis, pyplot, save, tokens_label, wrapped
 from castlab.report.runs import seed_noise
 from castlab.report.study import KIND_LABELS, Study, quarter_points
 from castlab.report.tables import cells, ok_rows, sizes, teachers
@@ -20,9 +20,13 @@ from castlab.report.tables import cells, ok_rows, sizes, teachers
 FIGURES = {"ppl_vs_tokens": "ppl_vs_tokens.png", "pred_vs_actual": "pred_vs_actual.png",
            "residuals": "residuals_vs_extrapolation.png"}
 # Trained methods get markers; one-shot pruners (0 training tokens) have no place on a token
-# axis and are in the headline table instead.
+# axis and are in the headline table instead. Sparse methods often land within a PPL of each
+# other at the same budget: each has its own open marker, a small sideways offset (octaves of
+# the token axis) and a z-order, so none hides another.
 STYLE = {"cast": ("o", "tab:red"), "dense-kd": ("s", "tab:blue"), "sr-ste": ("^", "tab:green"),
-         "ast": ("v", "tab:purple")}
+         "ast": ("D", "tab:purple")}
+OFFSET = {"cast": 0.0, "sr-ste": -0.1, "ast": 0.1, "dense-kd": 0.0}  # in octaves
+ZORDER = {"dense-kd": 3, "cast": 4, "sr-ste": 5, "ast": 6}
 
 
 def ppl_label(rows: pd.DataFrame) -> str:
@@ -48,7 +52,10 @@ def ppl_vs_tokens(rows: pd.DataFrame, study: Study, path: Path) -> Path:
     models = sizes(rows)
     ncol = min(2, len(models))
     nrow = -(-len(models) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 4.2 * nrow), squeeze=False)
+    spare = ncol * nrow > len(models)
+    # a grid without a spare panel gets its legend on the right: widen the canvas for it
+    width = 6.2 * ncol + (0 if spare else 2.6)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width, 4.2 * nrow + 0.4), squeeze=False)
     c = cells(rows)
     c = c[c["tokens"] > 0]
     teach = teachers(rows).set_index("model")
@@ -61,8 +68,10 @@ def ppl_vs_tokens(rows: pd.DataFrame, study: Study, path: Path) -> Path:
             sd = np.nan_to_num(g["ppl_sd"].to_numpy(float))
             # the dense twin is a reference line (what the same budget gives unpruned)
             twin = method == "dense-kd"
-            ax.errorbar(g["tokens"], g["ppl"], yerr=sd, fmt=marker + (":" if twin else ""),
-                        color=color, ms=5, capsize=2, lw=1.2, zorder=3,
+            x = g["tokens"].to_numpy(float) * 2 ** OFFSET.get(str(method), 0.0)
+            ax.errorbar(x, g["ppl"], yerr=sd, fmt=marker + (":" if twin else ""),
+                        color=color, mfc="white", mew=1.4, ms=6, capsize=2, lw=1.2,
+                        zorder=ZORDER.get(str(method), 3),
                         label="dense-kd twin (reference)" if twin else str(method))
         t = teach.loc[model]
         if np.isfinite(t["ppl"]):
@@ -75,18 +84,17 @@ def ppl_vs_tokens(rows: pd.DataFrame, study: Study, path: Path) -> Path:
         ax.set(title=f"{model} ({n}teacher PPL {t['ppl']:.2f})",
                xlabel="training tokens after the teacher", ylabel=ppl_label(rows))
         ax.grid(alpha=0.25, which="major")
-    below = _shared_legend(fig, axes, len(models))
+    _shared_legend(fig, axes, len(models))
     title = "validation PPL vs training tokens"
     if law is not None:
         title += f"; law {law.fit.form} fitted to CAST with its {law.level:.0%} band"
-    fig.suptitle(title)
-    rows_of_legend = -(-len(fig.legends[0].get_texts()) // 4) if below else 0
-    return save(fig, path, rect=(0, 0.035 * rows_of_legend / nrow, 1, 1))
+    fig.suptitle(wrapped(title, width, 11))
+    return save(fig, path)
 
 
 def _shared_legend(fig, axes, used: int) -> bool:
     """One legend for all panels (per-panel legends hide the points): in a spare panel if the
-    grid has one, else below the panels."""
+    grid has one, else on the right of the panels (constrained layout keeps it on the canvas)."""
     handles: dict[str, object] = {}
     for ax in list(axes.flat)[:used]:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -98,8 +106,7 @@ def _shared_legend(fig, axes, used: int) -> bool:
     if spare:
         spare[0].legend([handles[k] for k in order], order, loc="center", fontsize=10)
         return False
-    fig.legend([handles[k] for k in order], order, loc="lower center",
-               ncol=min(4, len(order)), fontsize=9)
+    fig.legend([handles[k] for k in order], order, loc="outside right center", fontsize=9)
     return True
 
 
@@ -173,14 +180,15 @@ def residuals(study: Study, path: Path, noise: float = float("nan")) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ho = study.heldout
     ho = ho[(ho["form"] == study.chosen) & ho["rel_err"].notna()]
-    styles = {"tokens": ("o", "tab:orange", "larger budget"),
-              "size": ("s", "tab:purple", "unseen size (leave one out)")}
-    for scheme, (marker, color, label) in styles.items():
-        sub = ho[(ho["scheme"] == "size") == (scheme == "size")]
-        if len(sub):
-            # distance is log10 of the ratio; a reader thinks in "4x the largest fitted budget"
-            ax.scatter(10 ** sub["distance"], 100 * sub["rel_err"], marker=marker, color=color,
-                       s=22, alpha=0.75, label=label)
+    # one style per kind of split the validation ran: only those with points get a legend entry
+    markers = {"D/2": ("o", "tab:orange"), "D/4": ("D", "tab:red"), "tokens": ("o", "tab:orange"),
+               "size": ("s", "tab:purple")}
+    for scheme, sub in ho.groupby("scheme", sort=False):
+        marker, color = markers.get(str(scheme), ("x", "tab:gray"))
+        # distance is log10 of the ratio; a reader thinks in "4x the largest fitted budget"
+        ax.scatter(10 ** sub["distance"], 100 * sub["rel_err"], marker=marker, color=color,
+                   s=24, alpha=0.8, zorder=3,
+                   label=f"{KIND_LABELS.get(str(scheme), str(scheme))} ({len(sub)} runs)")
     ax.axhline(0, color="k", lw=1)
     if np.isfinite(noise):
         ax.axhspan(-100 * noise, 100 * noise, color="grey", alpha=0.15,
@@ -192,9 +200,11 @@ def residuals(study: Study, path: Path, noise: float = float("nan")) -> Path:
     # tick, so label the round ratios inside the data's range.
     ratios = 10 ** ho["distance"].to_numpy(float) if len(ho) else np.array([1.0, 2.0])
     nice = [1, 1.25, 1.5, 2, 3, 4, 6, 8, 16, 32, 64, 128, 256, 512, 1024]
-    ticks = [v for v in nice if ratios.min() / 1.15 <= v <= ratios.max() * 1.15] or [1, 2]
+    ticks = [v for v in nice if min(1.0, ratios.min()) / 1.15 <= v <= ratios.max() * 1.15] or [1, 2]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
+    # from 1x (no extrapolation) to past the farthest point: never a zoom onto one column
+    ax.set_xlim(min(1.0, ratios.min()) / 1.1, max(2.0, ratios.max()) * 1.3)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}x"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:g}%"))
