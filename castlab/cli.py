@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "castlab.downstream.commands",
     "castlab.law.commands",
     "castlab.report.commands",
+    "castlab.curves",
 ]
 
 # Commands that run long numeric loops: worth re-executing under tcmalloc (see maybe_reexec_with_tcmalloc).
