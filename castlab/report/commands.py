@@ -1,4 +1,5 @@
-"""`castlab report RESULTS [--out DIR]`: Markdown + PNG report of any sweep's result rows."""
+"""`castlab report RESULTS [--out DIR] [--html]`: Markdown + PNG report of any sweep's result
+rows, and with ``--html`` the same report as one self-contained HTML file."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="interval level (default: 0.9)")
     p.add_argument("--no-law", action="store_true",
                    help="tables and the PPL figure only: fit no law")
+    p.add_argument("--html", action="store_true",
+                   help="also write REPORT.html: tables and figures (base64 PNG) in one file "
+                        "that opens in a browser")
     p.set_defaults(func=run_report)
 
 
@@ -40,6 +44,10 @@ def run_report(args: argparse.Namespace) -> int:
     out = write_report(args.results, args.out, draws=args.draws,
                        heldout_draws=args.heldout_draws, level=args.level, law=not args.no_law)
     print(out)
+    if args.html:
+        from castlab.report.html import write_html
+
+        print(write_html(out))
     return 0
 
 

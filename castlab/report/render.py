@@ -19,7 +19,8 @@ def law_sentence(study: Study) -> str:
     if study.chosen is None or study.law is None:
         return f"No law was fitted: {study.error or 'too few CAST runs'}."
     b = study.law.boot
-    return (f"Chosen form: **{study.chosen}** ({FORMS[study.chosen].description}), chosen on "
+    # the formula as code: its * would otherwise read as Markdown emphasis
+    return (f"Chosen form: **{study.chosen}** (`{FORMS[study.chosen].description}`), chosen on "
             f"its held-out error predicting larger budgets. Fitted to "
             f"{len(study.points)} CAST runs; {study.level:.0%} intervals from {b.draws} bootstrap "
             f"draws ({b.failed} unconverged), run noise sd(ln L) = {b.sigma:.3g} "
