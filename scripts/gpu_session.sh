@@ -116,7 +116,7 @@ TIERS=("$PY" scripts/gpu_window.py "$SWEEP" "$WORK/tiers" --results "$RESULTS")
 [ $REHEARSE = 1 ] && TIERS+=(--rehearse)
 while read -r name phase file; do
   room=$(( $(left) - RESERVE ))
-  if [ $room -lt 5 ]; then
+  if [ $room -lt 20 ]; then  # too little for one run: the tier would only start and stop
     echo "== $name skipped: the session deadline is reached" | tee -a "$LOG"; failed 124; continue
   fi
   step "$name" timeout -s INT -k 20 "$room" "${CL[@]}" sweep "$file" --results "$RESULTS" \
