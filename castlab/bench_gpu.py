@@ -12,7 +12,8 @@ are compiled first (their seconds are a row) and graphs compiled during the time
 are counted in its note (0 expected).
 
 ``CASTLAB_BENCH_GPU_REHEARSE=1`` runs the same code on the CPU at toy sizes (a 2-layer model,
-batch 2 x 64, wall-clock timers, the fused CUDA path forced through inductor's CPU backend):
+batch 2 x 64, fp32, wall-clock timers, the fused CUDA path forced through inductor's CPU
+backend):
 ``scripts/gpu_session.sh --rehearse`` checks the bench that way before GPU time is spent; its
 numbers mean nothing.
 
@@ -174,10 +175,11 @@ def _bench(device: torch.device, architecture) -> list[dict]:
     data = torch.randint(0, 50272, (BATCH, SEQ), device=device)
     base = architecture().to(device)
     teacher = teacher_copy(base, "bf16", device)  # bf16 once on CUDA, as training makes it
-    dense_cfg = TrainConfig(method="dense", model="opt-125m", tokens=1, device=dev, dtype="bf16")
-    kd_cfg = TrainConfig(method="dense-kd", model="opt-125m", tokens=1, device=dev, dtype="bf16")
+    dtype = "fp32" if _rehearsal else "bf16"  # bf16 autocast on a CPU only adds minutes
+    dense_cfg = TrainConfig(method="dense", model="opt-125m", tokens=1, device=dev, dtype=dtype)
+    kd_cfg = TrainConfig(method="dense-kd", model="opt-125m", tokens=1, device=dev, dtype=dtype)
     cast_cfg = TrainConfig(method="cast", model="opt-125m", init="x", tokens=10**9,
-                           device=dev, dtype="bf16", lambda_=0.01)
+                           device=dev, dtype=dtype, lambda_=0.01)
     rows, steps, peaks = [], {}, {}
     from castlab.sparsity import fused
 
@@ -222,7 +224,7 @@ def _bench(device: torch.device, architecture) -> list[dict]:
     mfu = train_flops_per_token(base, SEQ) * tok_s / (peak * 1e12)
     rows += [
         _row("dense step (HF OPT-125m, AdamW fused, CE)", steps["dense"], "ms",
-             note=f"{tok_s:,.0f} tokens/s, batch {BATCH} x {SEQ}, bf16 autocast, {name}; "
+             note=f"{tok_s:,.0f} tokens/s, batch {BATCH} x {SEQ}, {dtype}, {name}; "
                   f"peak mem {peaks['dense']:.1f} GiB"),
         _row("dense model FLOP utilisation", mfu, "of bf16 peak",
              note=f"(6N + 12LdT) FLOPs/token x tokens/s / {peak:g} TFLOP/s"),

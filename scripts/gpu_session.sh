@@ -20,9 +20,10 @@
 #   study    the window sweep by priority (scripts/gpu_window.py): teachers, CAST + dense-KD
 #            seed 0, the trained baseline, the extra seeds; every tier under one hard deadline
 #            (SIGINT: children stopped, done rows kept), so a slow card leaves a partial study
-#   report   castlab report on whatever rows exist                  cap 60 s
-# The session deadline is CASTLAB_SESSION_SECONDS after the start (default 345; 460 rehearsing);
-# the study gets what the steps before it left, less 40 s kept for the report and the files.
+#   report   castlab report on whatever rows exist                  cap 60 s (or what is left)
+# The session deadline is CASTLAB_SESSION_SECONDS after the start (default 340; 450 rehearsing);
+# the study gets what the steps before it left, less 40 s kept for the report (capped at what
+# is left), the status and the files, so the whole call ends within ~15 s of the deadline.
 # OUT receives at most 7 files, each <= 16 MiB: log.txt, cuda_tests.txt, bench_gpu.txt,
 # estimate.txt, rows.csv (one line per run), REPORT.md, study.tar.gz (rows, configs, curves, sweep
 # logs, the report and its figures; no weights). Exit status: 0 when every step passed, else the
@@ -42,7 +43,7 @@ PACK=${2:-.gpu/corpus.tar.xz}
 PY=${PYTHON:-python3}
 SWEEP=${CASTLAB_SESSION_SWEEP:-sweeps/gpu_window.yaml}
 START=$(date +%s)
-if [ $REHEARSE = 1 ]; then SECONDS_ALLOWED=${CASTLAB_SESSION_SECONDS:-460}; else SECONDS_ALLOWED=${CASTLAB_SESSION_SECONDS:-345}; fi
+if [ $REHEARSE = 1 ]; then SECONDS_ALLOWED=${CASTLAB_SESSION_SECONDS:-450}; else SECONDS_ALLOWED=${CASTLAB_SESSION_SECONDS:-340}; fi
 DEADLINE=$((START + SECONDS_ALLOWED))
 RESERVE=40  # seconds kept after the study for the report and the files
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -55,7 +56,9 @@ RESULTS="$WORK/results"
 RC=0
 failed() { [ "$RC" = 0 ] && RC=$1; return 0; }  # the first failure's status is the script's
 left() { echo $((DEADLINE - $(date +%s))); }
-cap() { local want=$1 room; room=$(( $(left) - $2 )); [ $room -lt $want ] && want=$room; echo $want; }
+cap() {  # cap WANT KEEP: WANT seconds, or what is left before the deadline less KEEP (>= 5)
+  local want=$1 room; room=$(( $(left) - $2 )); [ $room -lt $want ] && want=$room
+  [ $want -lt 5 ] && want=5; echo $want; }
 
 step() {  # step NAME CMD...: run, append its output and wall time to the log, return its rc
   local name=$1 t0 rc ms
@@ -128,11 +131,11 @@ done < <("${TIERS[@]}" 2>>"$LOG")
 
 # ---- report and files
 REPORT_ARGS=(--draws "${CASTLAB_SESSION_DRAWS:-300}" --heldout-draws "${CASTLAB_SESSION_HELDOUT_DRAWS:-50}")
-step report timeout -k 5 "$(cap 60 -30)" "${CL[@]}" report "$RESULTS" --out "$RESULTS/report" "${REPORT_ARGS[@]}" \
+step report timeout -k 5 "$(cap 60 12)" "${CL[@]}" report "$RESULTS" --out "$RESULTS/report" "${REPORT_ARGS[@]}" \
   || failed $?
 [ -f "$RESULTS/report/REPORT.md" ] && cp "$RESULTS/report/REPORT.md" "$OUT/REPORT.md"
-step status "${CL[@]}" status "$RESULTS"
-"$PY" - "$RESULTS" "$OUT/rows.csv" >>"$LOG" 2>&1 <<'PY'
+step status timeout -k 2 "$(cap 20 6)" "${CL[@]}" status "$RESULTS"
+timeout -k 2 30 "$PY" - "$RESULTS" "$OUT/rows.csv" >>"$LOG" 2>&1 <<'PY'
 import sys
 from pathlib import Path
 
