@@ -33,13 +33,14 @@ def _session(tmp: Path, pack: Path, **env) -> subprocess.CompletedProcess:
             "TMPDIR": str(tmp), **env}
     return subprocess.run(["bash", str(ROOT / "scripts" / "gpu_session.sh"), "--rehearse",
                            str(tmp / "out"), str(pack)], cwd=ROOT, env=full,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=2000)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(2400)
 def test_session_rehearsal_runs_every_step_and_writes_its_files(tmp_path, corpus_pack):
-    done = _session(tmp_path, corpus_pack, CASTLAB_SESSION_SECONDS="600")
+    # a generous deadline: this checks the steps and files, not the time (a loaded machine)
+    done = _session(tmp_path, corpus_pack, CASTLAB_SESSION_SECONDS="1500")
     out = tmp_path / "out"
     log = (out / "log.txt").read_text()
     assert done.returncode == 0, done.stdout[-3000:]
