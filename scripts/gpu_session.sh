@@ -15,7 +15,8 @@
 #            unpacked into a private cache and tokenized
 #   tests    pytest -m cuda tests/test_cuda.py                     cap 75 s
 #   bench    castlab bench gpu (torch.compile row off unless CASTLAB_SESSION_BENCH_COMPILE=1)
-#            cap 100 s; a bench stopped at its cap still leaves the table of its measured rows
+#            cap 100 s (CASTLAB_SESSION_BENCH_SECONDS); a bench stopped at its cap still leaves
+#            the table of the rows it measured
 #   estimate castlab sweep sweeps/gpu_window.yaml --dry-run (the H200 throughput model's numbers)
 #   study    the window sweep by priority (scripts/gpu_window.py): teachers, CAST + dense-KD
 #            seed 0, the trained baseline, the extra seeds; every tier under one hard deadline
@@ -107,7 +108,8 @@ awk '/^== cuda-tests:/{on=1} on{print} /^== cuda-tests rc=/{on=0}' "$LOG" >"$OUT
 # ---- bench
 BENCH_ENV=(CASTLAB_BENCH_COMPILE="${CASTLAB_SESSION_BENCH_COMPILE:-0}")
 [ $REHEARSE = 1 ] && BENCH_ENV+=(CASTLAB_BENCH_GPU_REHEARSE=1)
-step bench-gpu env "${BENCH_ENV[@]}" timeout -k 10 "$(cap 100 150)" "$PY" -m castlab.cli bench gpu
+step bench-gpu env "${BENCH_ENV[@]}" timeout -k 10 "$(cap "${CASTLAB_SESSION_BENCH_SECONDS:-100}" 150)" \
+  "$PY" -m castlab.cli bench gpu
 r=$?; [ $r = 0 ] || failed $r
 { [ $r = 0 ] || echo "(partial: bench rc=$r; the rows measured before it stopped)"
   "$PY" -m castlab.bench_gpu --table-from "$LOG"; } >"$OUT/bench_gpu.txt" 2>&1

@@ -40,7 +40,8 @@ def _session(tmp: Path, pack: Path, **env) -> subprocess.CompletedProcess:
 @pytest.mark.timeout(2400)
 def test_session_rehearsal_runs_every_step_and_writes_its_files(tmp_path, corpus_pack):
     # a generous deadline: this checks the steps and files, not the time (a loaded machine)
-    done = _session(tmp_path, corpus_pack, CASTLAB_SESSION_SECONDS="1500")
+    done = _session(tmp_path, corpus_pack, CASTLAB_SESSION_SECONDS="1500",
+                    CASTLAB_SESSION_BENCH_SECONDS="600")
     out = tmp_path / "out"
     log = (out / "log.txt").read_text()
     assert done.returncode == 0, done.stdout[-3000:]
