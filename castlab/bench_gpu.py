@@ -6,7 +6,20 @@ AdamW(fused) on the block weights; the mask refresh of all of them; the peak mem
 step; ``compile: true`` measured against eager; and the 2:4 semi-structured speed-up at the
 model's own linear shapes, whatever it is (cuSPARSELt gives little at these sizes).
 The model is built from its config (vocab 50272, 12 layers, hidden 768; no download), fed
-random tokens, batch 16 x 1024, bf16 autocast with fp32 master weights, as castlab trains.
+random tokens, batch 16 x 1024, bf16 autocast with fp32 master weights and a bf16 teacher, as
+castlab trains. Compilation is kept out of every timed repeat: the fused AdamS/refresh kernels
+are compiled first (their seconds are a row) and graphs compiled during the timed CAST repeats
+are counted in its note (0 expected).
+
+``CASTLAB_BENCH_GPU_REHEARSE=1`` runs the same code on the CPU at toy sizes (a 2-layer model,
+batch 2 x 64, fp32, wall-clock timers, the fused CUDA path forced through inductor's CPU
+backend):
+``scripts/gpu_session.sh --rehearse`` checks the bench that way before GPU time is spent; its
+numbers mean nothing.
+
+Every row also goes to stderr as it is measured (``  row: {json}``), so a bench cut short by a
+time cap still leaves its rows: ``python -m castlab.bench_gpu --table-from LOG`` prints the
+table of the rows a log holds.
 """
 
 from __future__ import annotations
@@ -26,6 +39,13 @@ from castlab.errors import UserError
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0,
                     "L4": 121.0, "RTX 4090": 165.0}
 BATCH, SEQ = 16, 1024
+REHEARSE_ENV = "CASTLAB_BENCH_GPU_REHEARSE"
+_rehearsal = False  # set by bench_gpu: CPU stand-ins for the CUDA timers and memory counters
+
+
+def _sync() -> None:
+    if not _rehearsal:
+        torch.cuda.synchronize()
 
 
 def _row(bench, measured, unit, target="", ok=None, note=""):
@@ -36,24 +56,35 @@ def _row(bench, measured, unit, target="", ok=None, note=""):
     return row
 
 
-def opt125m_architecture() -> torch.nn.Module:
-    """OPT-125m's architecture, randomly initialised in fp32 (no download)."""
+def opt125m_architecture(hidden: int = 768, layers: int = 12) -> torch.nn.Module:
+    """OPT-125m's architecture, randomly initialised in fp32 (no download); smaller widths and
+    depths for the CPU rehearsal."""
     from transformers import OPTConfig, OPTForCausalLM
 
-    config = OPTConfig(vocab_size=50272, hidden_size=768, num_hidden_layers=12,
-                       num_attention_heads=12, ffn_dim=3072, max_position_embeddings=2048,
-                       word_embed_proj_dim=768, do_layer_norm_before=True, dropout=0.0,
+    config = OPTConfig(vocab_size=50272, hidden_size=hidden, num_hidden_layers=layers,
+                       num_attention_heads=max(1, hidden // 64), ffn_dim=4 * hidden,
+                       max_position_embeddings=2048,
+                       word_embed_proj_dim=hidden, do_layer_norm_before=True, dropout=0.0,
                        attention_dropout=0.0, activation_dropout=0.0)
     return OPTForCausalLM(config).float()
 
 
 def cuda_ms(fn, repeats: int = 10, warmup: int = 3) -> float:
     """Median milliseconds of ``fn()`` on the current CUDA stream (events around each call)."""
+    if _rehearsal:  # the code path matters there, not the numbers
+        repeats, warmup = min(repeats, 2), min(warmup, 1)
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    _sync()
+    if not repeats:
+        return float("nan")
     times = []
     for _ in range(repeats):
+        if _rehearsal:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+            continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -63,8 +94,18 @@ def cuda_ms(fn, repeats: int = 10, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def _graph_count() -> int:
+    """Graphs torch.compile has built in this process so far (torch._dynamo's counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def _peak_gib(fn) -> float:
     """Peak allocated GiB during one call of ``fn`` (after the warm-up that allocated state)."""
+    if _rehearsal:
+        fn()
+        return float("nan")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     fn()
@@ -87,27 +128,65 @@ def train_flops_per_token(model: torch.nn.Module, seq: int) -> float:
 
 
 def bench_gpu(args=None) -> list[dict]:
-    """Every row of the GPU bench (raises UserError without CUDA)."""
+    """Every row of the GPU bench (raises UserError without CUDA, unless rehearsing)."""
+    global _rehearsal
+    _rehearsal = os.environ.get(REHEARSE_ENV) == "1"
+    if _rehearsal:
+        return _rehearse()
     if not torch.cuda.is_available():
         raise UserError("bench gpu: no CUDA device is visible (this group measures CAST on a GPU; "
                         "run it on a GPU node, e.g. with scripts/gpu_check.sh)")
+    return _bench(torch.device("cuda"), opt125m_architecture)
+
+
+def _rehearse() -> list[dict]:
+    """The bench's code on the CPU at toy sizes, the CUDA-only fused path forced (compiled by
+    inductor's CPU backend)."""
+    global BATCH, SEQ
+    from castlab.sparsity import adams, fused
+
+    saved = (BATCH, SEQ, set(adams.FUSED_DEVICES), set(fused.COMPILE_DEVICES))
+    BATCH, SEQ = 2, 64
+    adams.FUSED_DEVICES.add("cpu")
+    fused.COMPILE_DEVICES.add("cpu")
+    try:
+        return _bench(torch.device("cpu"), lambda: opt125m_architecture(hidden=64, layers=2))
+    finally:
+        BATCH, SEQ = saved[:2]
+        adams.FUSED_DEVICES.intersection_update(saved[2])
+        fused.COMPILE_DEVICES.intersection_update(saved[3])
+
+
+def _bench(device: torch.device, architecture) -> list[dict]:
+    """The rows, on ``device`` (CUDA; the CPU when rehearsing)."""
     from castlab.config import TrainConfig
-    from castlab.device import use_device
+    from castlab.device import teacher_copy, use_device
     from castlab.methods import make_method
     from castlab.models import in_scope_linears
     from castlab.train import step_loss
 
-    device = use_device("cuda")
-    name = torch.cuda.get_device_name(device)
+    if device.type == "cuda":
+        device = use_device("cuda")
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = "cpu (rehearsal)"
+    dev = device.type  # the configs' device: "cuda", or "cpu" when rehearsing
     torch.manual_seed(0)
     data = torch.randint(0, 50272, (BATCH, SEQ), device=device)
-    base = opt125m_architecture().to(device)
-    teacher = copy.deepcopy(base).eval().requires_grad_(False)
-    dense_cfg = TrainConfig(method="dense", model="opt-125m", tokens=1, device="cuda")
-    kd_cfg = TrainConfig(method="dense-kd", model="opt-125m", tokens=1, device="cuda")
+    base = architecture().to(device)
+    teacher = teacher_copy(base, "bf16", device)  # bf16 once on CUDA, as training makes it
+    dtype = "fp32" if _rehearsal else "bf16"  # bf16 autocast on a CPU only adds minutes
+    dense_cfg = TrainConfig(method="dense", model="opt-125m", tokens=1, device=dev, dtype=dtype)
+    kd_cfg = TrainConfig(method="dense-kd", model="opt-125m", tokens=1, device=dev, dtype=dtype)
     cast_cfg = TrainConfig(method="cast", model="opt-125m", init="x", tokens=10**9,
-                           device="cuda", lambda_=0.01)
+                           device=dev, dtype=dtype, lambda_=0.01)
     rows, steps, peaks = [], {}, {}
+    from castlab.sparsity import fused
+
+    compile_s = fused.precompile(device)  # before any timing: the repeats never compile these
+    rows.append(_row("fused AdamS + mask refresh compile (5 graphs)", compile_s, "s",
+                     note="dynamic shapes: once per process for every weight, inductor's disk "
+                          "cache across processes; outside the timed repeats"))
 
     def trainer(model, opt, t_model, cfg):
         def step():
@@ -128,9 +207,13 @@ def bench_gpu(args=None) -> list[dict]:
     for group in cast_opt.param_groups:  # mid-run: the ramp a = t/T is past 0, masks blend
         group["step"] = 100
     fns["cast"] = trainer(cast, cast_opt, teacher, cast_cfg)
+    recompiled = {}
     for key, fn in fns.items():
         t0 = time.perf_counter()
-        steps[key] = cuda_ms(fn, repeats=10, warmup=3)
+        cuda_ms(fn, repeats=0, warmup=3)  # state, first masks (and any compile) happen here
+        graphs = _graph_count()
+        steps[key] = cuda_ms(fn, repeats=10, warmup=0)
+        recompiled[key] = _graph_count() - graphs
         peaks[key] = _peak_gib(fn)
         print(f"  {key}: {steps[key]:.2f} ms/step ({time.perf_counter() - t0:.0f} s with warm-up)",
               file=sys.stderr, flush=True)
@@ -141,7 +224,7 @@ def bench_gpu(args=None) -> list[dict]:
     mfu = train_flops_per_token(base, SEQ) * tok_s / (peak * 1e12)
     rows += [
         _row("dense step (HF OPT-125m, AdamW fused, CE)", steps["dense"], "ms",
-             note=f"{tok_s:,.0f} tokens/s, batch {BATCH} x {SEQ}, bf16 autocast, {name}; "
+             note=f"{tok_s:,.0f} tokens/s, batch {BATCH} x {SEQ}, {dtype}, {name}; "
                   f"peak mem {peaks['dense']:.1f} GiB"),
         _row("dense model FLOP utilisation", mfu, "of bf16 peak",
              note=f"(6N + 12LdT) FLOPs/token x tokens/s / {peak:g} TFLOP/s"),
@@ -151,14 +234,16 @@ def bench_gpu(args=None) -> list[dict]:
         _row("CAST step / dense-KD step", steps["cast"] / steps["dense-kd"], "x", "<= 1.15",
              steps["cast"] / steps["dense-kd"] <= 1.15,
              f"{steps['cast']:.1f} ms (AdamS + weight scaling + KD); peak mem "
-             f"{peaks['cast']:.1f} GiB"),
+             f"{peaks['cast']:.1f} GiB; graphs compiled in the timed repeats: "
+             f"{sum(recompiled.values())}"),
     ]
     del dense, kd, fns
     rows += _kd_rows(device)
     rows += _optimizer_rows(cast, in_scope_linears, device)
     del cast, cast_opt
-    torch.cuda.empty_cache()
-    if os.environ.get("CASTLAB_BENCH_COMPILE", "1") != "0":
+    if not _rehearsal:
+        torch.cuda.empty_cache()
+    if os.environ.get("CASTLAB_BENCH_COMPILE", "1") != "0" and not _rehearsal:
         rows += _compile_rows(base, data, dense_cfg, steps["dense"])
     rows += _semi_structured_rows(base, in_scope_linears, device)
     return rows
@@ -265,3 +350,36 @@ def _semi_structured_rows(base, in_scope_linears, device) -> list[dict]:
                              "x speed-up", note=f"not available: {type(err).__name__}: "
                                                 f"{str(err)[:100]}"))
     return rows
+
+
+def rows_from_log(text: str) -> list[dict]:
+    """The rows a bench log holds (its ``  row: {json}`` lines), in order."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("  row: "):
+            try:
+                rows.append(json.loads(line[len("  row: "):]))
+            except json.JSONDecodeError:  # a line cut by the time cap
+                continue
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m castlab.bench_gpu --table-from LOG``: the table of a (partial) bench log."""
+    import argparse
+    from pathlib import Path
+
+    from castlab.bench import format_table
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--table-from", type=Path, required=True, metavar="LOG")
+    args = parser.parse_args(argv)
+    rows = rows_from_log(args.table_from.read_text(errors="replace"))
+    for row in rows:
+        row["measured"] = float("nan") if row["measured"] is None else float(row["measured"])
+    print(format_table(rows) if rows else "(no rows measured)")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

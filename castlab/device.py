@@ -5,11 +5,15 @@ export, the benches): ``check_device_spec`` validates a setting's spelling when 
 flag is read (a sweep is often planned on a login node without a GPU); ``resolve_device`` turns
 ``auto | cpu | cuda | cuda:N`` into a ``torch.device`` where the work runs, and fails with one
 line when the GPU asked for is not there; ``prepare_device`` applies the CUDA defaults (TF32
-matmuls, the current card); ``device_columns`` records what ran the work in a result row.
+matmuls, the current card); ``full_fp32_matmuls`` turns TF32 off for a block that needs fp32
+(SparseGPT); ``teacher_copy`` makes the KD teacher in the dtype it runs in; ``device_columns``
+records what ran the work in a result row.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import re
 
@@ -41,9 +45,11 @@ def wants_cuda(spec: str) -> bool:
 def resolve_device(spec: str = "auto", where: str = "device") -> torch.device:
     """The torch.device for a spec: ``auto`` is CUDA when one is visible, else the CPU.
 
-    Under ``torchrun`` (``LOCAL_RANK`` set) ``auto`` and ``cuda`` mean this rank's own card.
-    A GPU asked for but not visible is a UserError, so ``castlab train --device cuda`` on a
-    machine without one stops with one line instead of a CUDA traceback.
+    Under ``torchrun`` (``LOCAL_RANK`` set) ``auto``, ``cuda`` and ``cuda:N`` mean this rank's
+    own card, ``cuda:LOCAL_RANK``: a fixed N would put every rank on one card (pick the cards
+    with CUDA_VISIBLE_DEVICES). A GPU asked for but not visible is a UserError, so
+    ``castlab train --device cuda`` on a machine without one stops with one line instead of a
+    CUDA traceback.
     """
     check_device_spec(spec, where)
     if spec == "cpu" or (spec == "auto" and cuda_count() == 0):
@@ -53,8 +59,10 @@ def resolve_device(spec: str = "auto", where: str = "device") -> torch.device:
         raise UserError(f"{where}: got '{spec}' but no CUDA device is visible "
                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); "
                         "use cpu or auto")
-    if spec == "auto" or spec == "cuda":
-        index = int(os.environ.get("LOCAL_RANK", "0")) if "LOCAL_RANK" in os.environ else 0
+    if "LOCAL_RANK" in os.environ:  # torchrun: one card per rank on this node
+        index = int(os.environ["LOCAL_RANK"])
+    elif spec == "auto" or spec == "cuda":
+        index = 0
     else:
         index = int(spec.split(":")[1])
     if index >= count:
@@ -81,6 +89,35 @@ def prepare_device(device: torch.device) -> torch.device:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device
+
+
+@contextlib.contextmanager
+def full_fp32_matmuls():
+    """TF32 off for fp32 matmuls and convolutions inside the block, the previous settings
+    restored after it: for work whose accuracy is part of the method (SparseGPT's Hessian, its
+    inverse and the OBS updates; the reference implementation turns TF32 off), while training
+    keeps the TF32 default of ``prepare_device``. Affects CUDA only."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def teacher_copy(model: torch.nn.Module, dtype: str, device: torch.device) -> torch.nn.Module:
+    """A frozen copy of ``model`` to serve as the KD teacher, on the model's device.
+
+    Under bf16 autocast on CUDA the copy is cast to bf16 once: autocast would otherwise re-cast
+    its fp32 weights to bf16 at every forward (a pass over the weights per step, and their fp32
+    copy held in memory). On the CPU, and in fp32 runs, it keeps the model's dtype.
+    """
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    if device.type == "cuda" and dtype == "bf16":
+        teacher = teacher.to(torch.bfloat16)
+    return teacher
 
 
 def use_device(spec: str = "auto", where: str = "--device") -> torch.device:

@@ -12,7 +12,6 @@ log steps (``LOSS_SYNC_STEPS``), so a GPU never waits on Python in the hot loop.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -34,6 +33,7 @@ from castlab.device import (
     prepare_device,
     resolve_device,
     synchronize,
+    teacher_copy,
 )
 from castlab.errors import UserError
 from castlab.evaluate import (
@@ -322,11 +322,13 @@ def _train(ctx: RunContext, started: float, progress: bool, stop_after: int | No
     peak_lr = resolve_lr(cfg)
     teacher = None
     if method.uses_teacher:
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        teacher = teacher_copy(model, cfg.dtype, ctx.device)  # bf16 once on CUDA, fp32 on CPU
     ckpt_path = ctx.run_dir / "checkpoint" / "state.pt"
-    # map_location: a run checkpointed on a GPU resumes on the CPU and vice versa; tensors and
-    # plain data only (castlab.checkpoint): a shared results folder must not run code
-    state = checkpoint.load(ckpt_path, map_location=ctx.device) if ckpt_path.is_file() else None
+    # read onto the host whatever the run's device (a run checkpointed on a GPU resumes on the
+    # CPU and vice versa): load_state_dict copies weights and optimizer state to the device, and
+    # the mask life and RNG states are host data; tensors and plain data only
+    # (castlab.checkpoint): a shared results folder must not run code
+    state = checkpoint.load(ckpt_path, map_location="cpu") if ckpt_path.is_file() else None
     if cfg.lambda_ == "auto" and method.uses_lambda:
         lam = state["lambda"] if state else measure_auto_lambda(model, teacher, ctx.train_tokens, cfg)
         cfg = replace(cfg, lambda_=lam)

@@ -140,3 +140,89 @@ def test_cuda_run_row_records_the_gpu(tmp_path):
     assert row["status"] == "ok", row
     assert row["device"].startswith("cuda") and row["dtype"] == "bf16"
     assert row["device_name"] == torch.cuda.get_device_name() and row["cuda_version"]
+
+
+def test_sparse_run_checkpointed_on_cuda_resumes_on_cuda(tmp_path):
+    """Issue 23, finding 1: a resumed masked run on the GPU used to crash reading its mask life."""
+    from castlab.train import run_training
+
+    cfg = tiny_config(method="sr-ste", tokens=8 * 8 * 64, lr=1e-3, checkpoint_every=4,
+                      eval_every=4, t1=2, device="cuda", final_eval_tokens=8192)
+    assert run_training(cfg, tmp_path, progress=False, stop_after=4) is None
+    row = run_training(cfg, tmp_path, progress=False)
+    assert row["status"] == "ok", row
+    assert row["steps"] == 8 and 0 <= row["mask_flip_rate"] <= 1 and row["exact_nm"]
+
+
+def test_compiled_adams_on_cuda_matches_eager_and_compiles_once_per_variant(cuda, monkeypatch):
+    """Issue 23, finding 2: the compiled per-tensor kernels equal the eager ones, and lists of
+    other lengths and shapes reuse the graphs (torch._dynamo's counter)."""
+    from torch._dynamo.utils import counters
+
+    from castlab.sparsity import fused
+    from castlab.sparsity.adams import AdamS
+
+    fused.precompile(cuda)
+    graphs = counters["stats"]["unique_graphs"]
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(96, 96), (384, 96), (96, 384)] * 2
+    weights = [torch.randn(s, generator=gen) * 0.05 for s in shapes]
+    runs = {}
+    for compiled in (True, False):
+        monkeypatch.setattr(fused, "MIN_COMPILED_STEPS", 1 if compiled else 10**9)
+        params = [torch.nn.Parameter(w.clone().to(cuda)) for w in weights]
+        opt = AdamS([{"params": params[:4], "sparse": True}, {"params": params[4:], "sparse": True}],
+                    lr=1e-3, lambda_=0.01, total_steps=20, t1=2)
+        for step in range(5):
+            g = torch.Generator().manual_seed(step)
+            for p in params:
+                p.grad = (torch.randn(p.shape, generator=g) * 1e-3).to(cuda)
+            opt.step()
+        runs[compiled] = ([p.detach().cpu() for p in params], opt.flip_rates)
+    for a, b in zip(runs[True][0], runs[False][0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert runs[True][1] == runs[False][1]
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled past precompile
+
+
+def test_srste_refresh_on_cuda_matches_the_cpu(cuda):
+    """Issue 23, finding 5: the fused CUDA refresh gives the CPU path's masks and flip rates."""
+    from castlab.models import build_preset
+    from castlab.sparsity.scaling import raw_weight
+    from castlab.sparsity.ste import attach_masked_forward
+
+    handles = []
+    for dev in ("cpu", cuda):
+        model = build_preset("opt-tiny", vocab_size=256, seed=0).to(dev)
+        handles.append(attach_masked_forward(model, 2, 4))
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        for (_, a), (_, b) in zip(handles[0].layers, handles[1].layers, strict=True):
+            dw = torch.randn(raw_weight(a).shape, generator=gen) * 0.02
+            with torch.no_grad():
+                raw_weight(a).add_(dw)
+                raw_weight(b).add_(dw.to(cuda))
+        for h in handles:
+            h.refresh()
+    for a, b in zip(handles[0].masks(), handles[1].masks(), strict=True):
+        assert torch.equal(a, b.cpu())
+    assert handles[1].flip_rates == handles[0].flip_rates and len(handles[1].flip_rates) == 3
+
+
+def test_kd_run_on_cuda_keeps_a_bf16_teacher(tmp_path, monkeypatch):
+    """Issue 23, finding 7: the teacher is cast to bf16 once (the student keeps fp32 weights)."""
+    from castlab import train as train_mod
+    from castlab.device import teacher_copy
+
+    made = []
+
+    def spy(model, dtype, device):
+        made.append(teacher_copy(model, dtype, device))
+        return made[-1]
+
+    monkeypatch.setattr(train_mod, "teacher_copy", spy)
+    row = train_mod.run_training(tiny_config(method="sr-ste", kd=True, lr=1e-3, tokens=4 * 8 * 64,
+                                             device="cuda", final_eval_tokens=8192),
+                                 tmp_path, progress=False)
+    assert row["status"] == "ok", row
+    assert {p.dtype for p in made[0].parameters()} == {torch.bfloat16}

@@ -141,11 +141,12 @@ class AdamS(torch.optim.Optimizer):
     def _refresh_masks_fused(self, group: dict) -> None:
         """The CUDA refresh: one fused pass per weight, changed entries counted on the device
         (the rate reaches the host when someone reads ``flip_rates``, not every refresh)."""
-        from castlab.sparsity.fused import fused_nm_pruned
+        from castlab.sparsity.fused import fused_nm_pruned, worth_compiling
 
         params = group["params"]
         olds = [self.state[p].get("pruned") for p in params]
-        news, changed = fused_nm_pruned(params, olds, self.n, self.m)
+        news, changed = fused_nm_pruned(params, olds, self.n, self.m,
+                                        compile=worth_compiling(self.total_steps))
         for p, new in zip(params, news, strict=True):
             self.state[p]["pruned"] = new
         if all(old is not None for old in olds):
@@ -270,7 +271,8 @@ class AdamS(torch.optim.Optimizer):
         pruned = [s["pruned"] for s in state] if alpha > 0 else None
         fused.fused_adams_update_(params, [p.grad for p in params],
                                   [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],
-                                  pruned, hyper, bool(group["sparse"]))
+                                  pruned, hyper, bool(group["sparse"]),
+                                  compile=fused.worth_compiling(self.total_steps))
 
     @staticmethod
     def _blend(params: list[torch.Tensor], exp_avgs: list[torch.Tensor],

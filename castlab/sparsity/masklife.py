@@ -130,8 +130,9 @@ class MaskLife:
         """Restore what ``state_dict`` saved."""
         self.count, self.half, self.flips_seen = state["count"], state["half"], state["flips_seen"]
         self.typical_masked = state["typical_masked"]
-        self.initial = None if state["initial"] is None else state["initial"].numpy()
-        self.snapshots = [(s, p.numpy()) for s, p in state["snapshots"]]
+        # .cpu(): a checkpoint read onto a GPU holds CUDA tensors, which .numpy() refuses
+        self.initial = None if state["initial"] is None else state["initial"].cpu().numpy()
+        self.snapshots = [(s, p.cpu().numpy()) for s, p in state["snapshots"]]
         self.step_samples = [tuple(x) for x in state["step_samples"]]
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from castlab.device import full_fp32_matmuls
 from castlab.errors import UserError
 from castlab.models import in_scope_linears
 from castlab.sparsity.masks import check_nm_args, nm_mask
@@ -226,7 +227,11 @@ def sparsegpt_prune(model: nn.Module, calib_input_ids: torch.Tensor | None, n: i
         linear.weight.copy_(new_weight)
         return mask
 
-    return _blockwise(model, calib_input_ids, batch_size, make_stat, accumulate, prune, "sparsegpt")
+    # TF32 off for the whole prune, as the reference sets it: the Hessian, its Cholesky factors
+    # and the OBS updates in fp32 (training's TF32 default is restored afterwards)
+    with full_fp32_matmuls():
+        return _blockwise(model, calib_input_ids, batch_size, make_stat, accumulate, prune,
+                          "sparsegpt")
 
 
 ONESHOT_PRUNERS: dict[str, Callable[..., dict[str, torch.Tensor]]] = {

@@ -81,9 +81,31 @@ class MaskedModel:
         self.flip_rates: list[float] = []
         self._refreshed = False
 
+    @property
+    def flip_rates(self) -> list[float]:
+        """Fraction of mask entries changed per refresh after the first. Fused (CUDA) refreshes
+        count on the device; their counts are read here, in one sync for all of them."""
+        if self._device_flips:
+            counts = torch.stack([c for c, _ in self._device_flips]).tolist()
+            self._flip_rates.extend(c / total for c, (_, total)
+                                    in zip(counts, self._device_flips, strict=True))
+            self._device_flips.clear()
+        return self._flip_rates
+
+    @flip_rates.setter
+    def flip_rates(self, value: list[float]) -> None:
+        self._flip_rates = list(value)
+        self._device_flips: list[tuple[torch.Tensor, int]] = []
+
     @torch.no_grad()
     def refresh(self) -> float | None:
-        """Recompute every mask from the current weights; returns the flip rate (None the 1st time)."""
+        """Recompute every mask from the current weights; returns the flip rate (None the 1st
+        time, and on a fused device, where reading it would wait for the GPU: see flip_rates)."""
+        from castlab.sparsity.adams import FUSED_DEVICES
+
+        if self.layers and raw_weight(self.layers[0][1]).device.type in FUSED_DEVICES:
+            self._refresh_fused()
+            return None
         changed = total = 0
         for name, linear in self.layers:
             holder = _masked_forward(linear)
@@ -97,6 +119,23 @@ class MaskedModel:
             self.flip_rates.append(rate)
         self._refreshed = True
         return rate
+
+    def _refresh_fused(self) -> None:
+        """The CUDA refresh: AdamS's fused N:M pass over every weight (castlab.sparsity.fused),
+        changed entries counted on the device; no host sync."""
+        from castlab.sparsity.fused import fused_nm_pruned
+
+        holders = [_masked_forward(linear) for _, linear in self.layers]
+        weights = [_pre_mask_weight(linear) for _, linear in self.layers]
+        # the masks as the fused pass counts them: uint8, 1 = pruned (none before the first)
+        olds = [torch.logical_not(h.mask).view(torch.uint8) if self._refreshed else None
+                for h in holders]
+        news, changed = fused_nm_pruned(weights, olds, self.n, self.m)
+        for holder, new in zip(holders, news, strict=True):
+            torch.logical_not(new.view(torch.bool), out=holder.mask)
+        if self._refreshed and weights:
+            self._device_flips.append((changed, sum(w.numel() for w in weights)))
+        self._refreshed = True
 
     def weights(self) -> list[torch.Tensor]:
         """The raw (trainable) weights, in layer order."""

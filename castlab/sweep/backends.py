@@ -73,12 +73,14 @@ def gpu_slots(gpus: list[str], runs_per_gpu: int) -> list[str]:
     return [gpu for _ in range(runs_per_gpu) for gpu in gpus]
 
 
-def gpus_per_run(option: float | None, run: PlannedRun) -> float:
+def gpus_per_run(option: float | None, run: PlannedRun, cluster_gpus: float = 0.0) -> float:
     """GPUs a cluster backend requests for a run: the option when set, else 1 for a run whose
-    device names CUDA (on a cluster, ``auto`` means what the job was given: 0 GPUs)."""
+    device names CUDA, and for ``auto`` when the cluster has GPUs (``cluster_gpus`` > 0: ``auto``
+    means CUDA where one is visible, and a task granted none would run on the CPU)."""
     if option is not None:
         return option
-    return 1.0 if run.config.device.startswith("cuda") else 0.0
+    device = run.config.device
+    return 1.0 if device.startswith("cuda") or (device == "auto" and cluster_gpus > 0) else 0.0
 
 
 def spreads_over_gpus(run: PlannedRun) -> bool:
@@ -184,7 +186,8 @@ class RayBackend:
 
         address: str | None = "auto"
         num_cpus: float = 1.0
-        num_gpus: float | None = None  # null: 1 per run whose device is cuda or cuda:N, else 0
+        # null: 1 per run whose device is cuda or cuda:N, or auto on a cluster with GPUs; else 0
+        num_gpus: float | None = None
         memory_gb: float | None = None
 
         def validate(self, where: str) -> None:
@@ -214,7 +217,9 @@ class RayBackend:
             resources["memory"] = int(opts.memory_gb * 2**30)
         # Ray sets CUDA_VISIBLE_DEVICES for a task to the GPUs it was granted; the run's child
         # inherits it, so each run sees its own card(s) as cuda:0...
-        pending = {ray.remote(num_gpus=gpus_per_run(opts.num_gpus, r), **resources)(execute_run)
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0))  # auto: a card when any
+        pending = {ray.remote(num_gpus=gpus_per_run(opts.num_gpus, r, cluster_gpus), **resources)
+                   (execute_run)
                    .remote(to_dict(r.config), str(r.run_dir), retry_failed, False): r for r in runs}
         out: dict[str, Outcome] = {}
         try:
