@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from castlab.law.fit import Fit, FitOptions, fit_form, objective_at, single_thread_blas
+from castlab.law.forms import FORMS
 from castlab.law.points import Points
 
 DEFAULT_DRAWS = 1000
@@ -55,12 +56,29 @@ class Bootstrap:
         return dd + dn
 
 
-def resample_weights(pts: Points, rng: np.random.Generator) -> np.ndarray:
-    """Multiplicity of each run in one bootstrap draw, resampled within each size."""
+def resample_weights(pts: Points, rng: np.random.Generator,
+                     per_size: bool = False) -> np.ndarray:
+    """Multiplicity of each point in one bootstrap draw: runs resampled within each size.
+
+    Checkpoints of one run (``pts.run``) are correlated, so a run is drawn as a whole. Where a
+    size has a single run (a trajectory table: one curve per size) resampling within the size
+    would always return that run, so the runs are then resampled over the whole table, except
+    for a ``per_size`` form (it needs every size in every draw), whose points are then
+    resampled within each size as if independent.
+    """
     w = np.zeros(len(pts))
-    for label in dict.fromkeys(pts.size):
-        idx = np.flatnonzero(pts.size == label)
-        np.add.at(w, rng.choice(idx, size=len(idx), replace=True), 1.0)
+    runs = pts.runs()
+    per_size_runs = [np.unique(runs[pts.size == label]) for label in dict.fromkeys(pts.size)]
+    if pts.run is None or len(np.unique(runs)) == len(pts) or (
+            per_size and min(len(r) for r in per_size_runs) < 2):  # points as runs
+        for label in dict.fromkeys(pts.size):
+            idx = np.flatnonzero(pts.size == label)
+            np.add.at(w, rng.choice(idx, size=len(idx), replace=True), 1.0)
+        return w
+    pools = per_size_runs if min(len(r) for r in per_size_runs) >= 2 else [np.unique(runs)]
+    for pool in pools:
+        for r in rng.choice(pool, size=len(pool), replace=True):
+            w[runs == r] += 1.0
     return w
 
 
@@ -95,7 +113,7 @@ def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
     opt = options or BOOT_OPTIONS
     with single_thread_blas():
         for _ in range(draws):
-            w = resample_weights(pts, rng)
+            w = resample_weights(pts, rng, FORMS[fit.form].per_size)
             jit = fit_form(fit.form, pts, weights=w, warm=_jittered(fit, rng), options=opt)
             f = jit
             if not (_ok(jit) and jit.objective <= objective_at(fit, pts, w) + 1e-12):
@@ -150,10 +168,19 @@ def predictive_draws(fit: Fit, boot: Bootstrap, pts: Points, seed: int = 0,
     if noise and not np.isfinite(boot.sigma):
         return np.full(y.shape, np.nan)
     if noise:
-        rng = np.random.default_rng(seed)
         sd = np.sqrt(boot.sigma**2 + (boot.tau * boot.distance(pts)) ** 2)
-        y = y + sd * rng.standard_normal(y.shape)
+        y = y + sd * point_normals(pts, y.shape[0], seed)
     return y
+
+
+def point_normals(pts: Points, draws: int, seed: int) -> np.ndarray:
+    """(draws, n) standard normals, each column seeded by ``seed`` and its own point (N, D, S),
+    so one query's interval does not depend on which other points are asked with it."""
+    keys = np.column_stack([pts.n, pts.d, pts.s]).astype(np.float64).view(np.uint64)
+    out = np.empty((draws, len(pts)))
+    for j, key in enumerate(keys):
+        out[:, j] = np.random.default_rng([seed, *map(int, key)]).standard_normal(draws)
+    return out
 
 
 def interval(draws: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
@@ -171,5 +198,21 @@ def param_summary(fit: Fit, boot: Bootstrap, level: float = DEFAULT_LEVEL) -> di
         col = table[:, j]
         lo, hi = interval(col, level) if len(col) else (np.nan, np.nan)
         out[name] = {"value": v, "lo": float(lo), "hi": float(hi),
-                     "sd": float(col.std(ddof=1)) if len(col) > 1 else float("nan")}
+                     "sd": float(col.std(ddof=1)) if len(col) > 1 else float("nan"),
+                     "flag": interval_flag(float(lo), float(hi))}
     return out
+
+
+WIDE_DECADES = 1.0  # a parameter interval wider than a factor 10 is flagged: not determined
+
+
+def interval_flag(lo: float, hi: float) -> str:
+    """'' for a determined parameter; else why its interval says little (orders of magnitude,
+    or a sign the data cannot fix)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return ""
+    if lo > 0 and np.log10(hi / lo) > WIDE_DECADES:
+        return f"interval spans {np.log10(hi / lo):.1f} decades: not determined by these runs"
+    if lo < 0 < hi:
+        return "interval crosses zero: its sign is not determined by these runs"
+    return ""
