@@ -159,7 +159,8 @@ def fit_law_command(args) -> int:
         flag = f"  <- {s['flag']}" if s["flag"] else ""
         print(f"  {name:>16} = {_fmt(s['value']):>10}  [{_fmt(s['lo'])}, {_fmt(s['hi'])}]{flag}")
     extra = (f"extrapolation sd(ln L) = {boot.tau:.4g} per decade (from held-out residuals)"
-             if validated else "extrapolation sd not calibrated (no held-out split scored)")
+             if preds.loc[preds["form"] == chosen, "rel_err"].notna().any()
+             else "extrapolation sd not calibrated (no held-out split scored)")
     print(f"  in-sample Huber objective {fit.objective:.6g}; run noise sd(ln L) = {boot.sigma:.4g} "
           f"(from {boot.noise_source}); {extra}")
     out.mkdir(parents=True, exist_ok=True)
