@@ -211,3 +211,26 @@ print("heavy:", sorted(m for m in ("torch", "transformers") if m in sys.modules)
                          timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "heavy: []" in res.stdout
+
+
+def test_curves_fit_every_checkpoint_of_castlabs_own_runs(tmp_path, capsys):
+    # the shipped opt600k_long study: 3 CAST runs of one size at one budget, 16 evaluations on
+    # each curve. Its final rows alone fit no form (refused before); with --curves each run's
+    # checkpoints are points of that run, validated on its last one.
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "results" / "reference" / "opt600k_long"
+    store = tmp_path / "store"
+    shutil.copytree(src, store, ignore=shutil.ignore_patterns("*.png", "*.md"))
+    assert main(["fit-law", str(store), "--out", str(tmp_path / "a"), *QUICK]) == 2
+    assert "no law form fits these runs" in capsys.readouterr().err
+    assert main(["fit-law", str(store), "--out", str(tmp_path / "b"), "--curves", *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert "48 points (method cast), 1 sizes, 3 runs, 16 budgets" in out
+    assert "each run's D/2 -> its last D" in out
+    d = json.loads((tmp_path / "b" / "law.json").read_text())
+    assert d["validated"] is True and d["data"]["runs"] == 48
+    assert main(["fit-law", str(store), "--out", str(tmp_path / "c"), "--curves", "--n-col",
+                 "n", "--d-col", "d", "--loss-col", "l"]) == 2
+    assert "--curves: reads a castlab results directory" in capsys.readouterr().err

@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--run-col", help="external table: column naming the run of each row; rows "
                                      "of one run (checkpoints) are validated and bootstrapped "
                                      "together")
+    p.add_argument("--curves", action="store_true",
+                   help="results store: also fit every evaluated checkpoint of each run's "
+                        "curve.parquet (trajectories: validated on each run's last point)")
     p.add_argument("--predict-for", metavar="WHAT",
                    help="what the law must predict: comma list of budgets, sizes, sparsities, "
                         "or all (default: budgets, plus sparsities when the runs have several); "
@@ -119,7 +122,15 @@ def fit_law_command(args) -> int:
     src = Path(args.path)
     cols = _columns(args)
     out = _out_dir(args, src)
-    pts = points_from_frame(read_table(src), args.method, cols, where=str(src))
+    frame = read_table(src)
+    if args.curves:
+        if cols is not None or not src.is_dir():
+            raise UserError("--curves: reads a castlab results directory's curve.parquet files; "
+                            "for a table, give its checkpoints as rows with --run-col")
+        from castlab.law.curves import with_curves
+
+        frame = with_curves(src, frame, args.method)
+    pts = points_from_frame(frame, args.method, cols, where=str(src))
     targets = parse_targets(args.predict_for, pts.s)
     if args.form == "auto":
         forms, excluded = _auto_candidates(pts, targets, src)

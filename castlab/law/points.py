@@ -175,6 +175,10 @@ def points_from_frame(df: pd.DataFrame, method: str = "cast", columns: ColumnMap
         pts.digest_lkd = np.array([by_seed.get((m, t, s), np.nan) for m, t, s in zip(
             rows["model"], rows["tokens"], rows["seed"] if "seed" in rows else [-1] * n,
             strict=True)], dtype=float)
+        if "checkpoint" in rows:  # a mid-run checkpoint has no twin: twins are budgeted runs
+            mid = rows["checkpoint"].fillna(False).astype(bool).to_numpy()
+            pts.lkd[mid] = np.nan
+            pts.digest_lkd[mid] = np.nan
     return pts
 
 
