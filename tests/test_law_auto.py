@@ -234,3 +234,25 @@ def test_curves_fit_every_checkpoint_of_castlabs_own_runs(tmp_path, capsys):
     assert main(["fit-law", str(store), "--out", str(tmp_path / "c"), "--curves", "--n-col",
                  "n", "--d-col", "d", "--loss-col", "l"]) == 2
     assert "--curves: reads a castlab results directory" in capsys.readouterr().err
+
+
+def test_choice_sets_aside_a_form_scored_on_few_points():
+    # b predicted 1 held-out point (its other sizes had too few budgets), a predicted 20 on two
+    # splits. Before: compared on the one split both scored, b won on its single point.
+    pred = pd.DataFrame(_pred("a", [1] * 10, 0.02, "s1") + _pred("a", [1] * 10, 0.02, "s2")
+                        + _pred("b", [1], 0.001, "s2"))
+    assert choose_form(pred, ["a", "b"]) == ("a", ["s1", "s2"])
+
+
+def test_extrapolation_distance_counts_from_each_sizes_own_budgets():
+    # a trajectory table's small size ends at 1e9 tokens while the largest ends at 1e11: 4e9 at
+    # the small size is 0.6 decades beyond its data (before: 0, inside the table's range)
+    from castlab.law.bootstrap import Bootstrap
+    from castlab.law.points import Points
+
+    boot = Bootstrap(np.zeros((1, 1, 5)), None, 1, 0, 0, 0.0, 0.01, "residuals", tau=0.1,
+                     d_seen=1e11, n_seen=(1e7, 1e9), d_seen_n=(1e9, 1e11))
+    q = Points(n=np.array([1e7, 1e9, 1e8]), d=np.array([4e9, 4e9, 1e12]), loss=np.ones(3),
+               s=np.zeros(3), ldense=np.ones(3), lkd=np.ones(3), size=np.array(["a", "b", ""]),
+               seed=np.zeros(3))
+    np.testing.assert_allclose(boot.distance(q), [np.log10(4), 0.0, 1.0 + 1.0])

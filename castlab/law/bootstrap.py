@@ -44,10 +44,17 @@ class Bootstrap:
     tau: float = 0.0  # extrapolation sd of ln L per decade beyond the data (0: not calibrated)
     d_seen: float = float("inf")  # largest fitted budget D
     n_seen: tuple = ()  # fitted model sizes N
+    d_seen_n: tuple = ()  # largest fitted budget per fitted size, aligned with n_seen
 
     def distance(self, pts: Points) -> np.ndarray:
-        """Decades (log10) beyond the fitted budgets plus decades to the nearest fitted size."""
-        dd = np.maximum(0.0, np.log10(pts.d / self.d_seen)) if np.isfinite(self.d_seen) \
+        """Decades (log10) beyond the fitted budgets plus decades to the nearest fitted size.
+
+        At a fitted size the budgets are those fitted at that size (a trajectory table's small
+        sizes end far below its largest budget); elsewhere the largest fitted budget."""
+        top = np.full(len(pts), self.d_seen)
+        for n, d in zip(self.n_seen, self.d_seen_n, strict=False):  # older laws: none
+            top[pts.n == n] = d
+        dd = np.maximum(0.0, np.log10(pts.d / top)) if np.isfinite(self.d_seen) \
             else np.zeros(len(pts))
         if not self.n_seen:
             return dd
@@ -58,27 +65,46 @@ class Bootstrap:
 
 def resample_weights(pts: Points, rng: np.random.Generator,
                      per_size: bool = False) -> np.ndarray:
-    """Multiplicity of each point in one bootstrap draw: runs resampled within each size.
+    """Multiplicity of each point in one bootstrap draw (see ``resample_plan``)."""
+    return draw_weights(resample_plan(pts, per_size), len(pts), rng)
 
-    Checkpoints of one run (``pts.run``) are correlated, so a run is drawn as a whole. Where a
-    size has a single run (a trajectory table: one curve per size) resampling within the size
-    would always return that run, so the runs are then resampled over the whole table, except
-    for a ``per_size`` form (it needs every size in every draw), whose points are then
-    resampled within each size as if independent.
+
+def resample_plan(pts: Points, per_size: bool = False) -> list[tuple[np.ndarray, list | None]]:
+    """How a draw resamples ``pts``: per stratum (point indices, runs as index arrays or None).
+
+    Runs are resampled within each size. Checkpoints of one run (``pts.run``) are correlated,
+    so a run is drawn as a whole. Where a size has a single run (a trajectory table: one curve
+    per size) resampling within the size would always return that run, so the runs are then
+    resampled over the whole table, except for a ``per_size`` form (it needs every size in every
+    draw), whose points are then resampled within each size as if independent. Computed once
+    per bootstrap: a table with hundreds of sizes made per-draw grouping the bottleneck.
     """
-    w = np.zeros(len(pts))
+    labels = list(dict.fromkeys(pts.size))
+    by_size = [np.flatnonzero(pts.size == label) for label in labels]
     runs = pts.runs()
-    per_size_runs = [np.unique(runs[pts.size == label]) for label in dict.fromkeys(pts.size)]
-    if pts.run is None or len(np.unique(runs)) == len(pts) or (
-            per_size and min(len(r) for r in per_size_runs) < 2):  # points as runs
-        for label in dict.fromkeys(pts.size):
-            idx = np.flatnonzero(pts.size == label)
+    if pts.run is None or len(np.unique(runs)) == len(pts):  # one point per run
+        return [(idx, None) for idx in by_size]
+    per_size_runs = [list(dict.fromkeys(runs[idx])) for idx in by_size]
+    if min(len(r) for r in per_size_runs) >= 2:
+        return [(idx, [idx[runs[idx] == r] for r in rs])
+                for idx, rs in zip(by_size, per_size_runs, strict=True)]
+    if per_size:
+        return [(idx, None) for idx in by_size]
+    every = np.arange(len(pts))
+    return [(every, [np.flatnonzero(runs == r) for r in dict.fromkeys(runs)])]
+
+
+def draw_weights(plan, n: int, rng: np.random.Generator) -> np.ndarray:
+    """One draw's multiplicity per point from a ``resample_plan``."""
+    w = np.zeros(n)
+    for idx, runs in plan:
+        if len(idx) == 1:  # a draw of one from one: numpy consumes no randomness for it either
+            w[idx] += 1.0
+        elif runs is None:
             np.add.at(w, rng.choice(idx, size=len(idx), replace=True), 1.0)
-        return w
-    pools = per_size_runs if min(len(r) for r in per_size_runs) >= 2 else [np.unique(runs)]
-    for pool in pools:
-        for r in rng.choice(pool, size=len(pool), replace=True):
-            w[runs == r] += 1.0
+        else:
+            for k in rng.choice(len(runs), size=len(runs), replace=True):
+                w[runs[k]] += 1.0
     return w
 
 
@@ -111,9 +137,10 @@ def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
     rng = np.random.default_rng(seed)
     thetas, dense, failed = [], [], 0
     opt = options or BOOT_OPTIONS
+    plan = resample_plan(pts, FORMS[fit.form].per_size)
     with single_thread_blas():
         for _ in range(draws):
-            w = resample_weights(pts, rng, FORMS[fit.form].per_size)
+            w = draw_weights(plan, len(pts), rng)
             jit = fit_form(fit.form, pts, weights=w, warm=_jittered(fit, rng), options=opt)
             f = jit
             if not (_ok(jit) and jit.objective <= objective_at(fit, pts, w) + 1e-12):
@@ -128,7 +155,8 @@ def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
     p = fit.theta.shape
     return Bootstrap(np.array(thetas).reshape((-1,) + p), np.array(dense) if dense else None,
                      draws, failed, seed, time.perf_counter() - t0, sigma, source,
-                     d_seen=float(pts.d.max()), n_seen=tuple(float(v) for v in np.unique(pts.n)))
+                     d_seen=float(pts.d.max()), n_seen=tuple(float(v) for v in np.unique(pts.n)),
+                     d_seen_n=tuple(float(pts.d[pts.n == v].max()) for v in np.unique(pts.n)))
 
 
 JITTER = 0.3  # sd of the second start around the optimum, in internal (O(1)) parameters

@@ -78,6 +78,7 @@ class Law:
                               "seconds": b.seconds, "sigma": b.sigma,
                               "noise_source": b.noise_source, "tau": b.tau,
                               "d_seen": b.d_seen, "n_seen": list(b.n_seen),
+                              "d_seen_n": list(b.d_seen_n),
                               "thetas": b.thetas.tolist(),
                               "dense_thetas": None if b.dense_thetas is None
                               else b.dense_thetas.tolist()},
@@ -109,7 +110,7 @@ class Law:
                              b["draws"], b["failed"], b["seed"], b["seconds"], b["sigma"],
                              b["noise_source"], float(b.get("tau", 0.0)),
                              float(b.get("d_seen", float("inf"))),
-                             tuple(b.get("n_seen", ())))
+                             tuple(b.get("n_seen", ())), tuple(b.get("d_seen_n", ())))
         except FileNotFoundError:
             raise UserError(f"--law: {path} does not exist") from None
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:

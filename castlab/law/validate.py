@@ -15,6 +15,7 @@ optimum), reported in the split's note, and the split is scored like any other.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,8 +123,9 @@ def distance(h: Holdout, train: Points, test: Points) -> np.ndarray:
         runs = train.runs()
         last = {r: train.d[runs == r].max() for r in dict.fromkeys(runs)}
         return np.log10(test.d / np.array([last.get(r, train.d.max()) for r in test.runs()]))
-    if h.cut is not None:
-        return np.log10(test.d / train.d.max())
+    if h.cut is not None:  # beyond the largest training budget at the run's size, if trained
+        top = {n: train.d[train.n == n].max() for n in np.unique(train.n)}
+        return np.log10(test.d / np.array([top.get(n, train.d.max()) for n in test.n]))
     train_n = np.unique(train.n)
     ln = np.log10(test.n)[:, None] - np.log10(train_n)[None, :]
     return np.abs(ln).min(axis=1)
@@ -180,8 +182,10 @@ def _score(name: str, h: Holdout, pts: Points, draws: int, seed: int) -> _Scored
                               -LN_CLIP, LN_CLIP)
     dist = distance(h, train, test)
     resid = np.log(test.loss) - pred
-    sd = np.full(len(test), np.nan) if y_param is None \
-        else np.sqrt(np.nanvar(y_param, axis=0) + sigma**2)
+    with warnings.catch_warnings():  # a per-size form has no prediction at an unseen size
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sd = np.full(len(test), np.nan) if y_param is None \
+            else np.sqrt(np.nanvar(y_param, axis=0) + sigma**2)
     loss_pred = exp_clipped(pred)
     # A parameter on its bound is held there (the constrained optimum): scored, and said so.
     bound = f"{', '.join(fit.on_bound)} held at a bound" if fit.on_bound else ""
@@ -278,10 +282,14 @@ def summarize(pred: pd.DataFrame, forms) -> pd.DataFrame:
 
 def comparable(pred: pd.DataFrame, forms) -> tuple[list[str], list[str]]:
     """(forms, token splits) to compare on: the splits every one of ``forms`` scored; while no
-    split is common, the form with the fewest scored splits is set aside."""
+    split is common, the form with the fewest scored splits is set aside. A form that scored
+    fewer than half as many held-out points as the best-scored one is set aside first: an error
+    on a split where it predicted one point of twenty says little."""
     tok = pred[pred["scheme"].isin(TOKEN_SCHEMES) & pred["rel_err"].notna()]
     done = {f: set(tok.loc[tok["form"] == f, "split"]) for f in forms}
-    cands = [f for f in forms if done[f]]
+    counts = tok["form"].value_counts()
+    most = max((int(counts.get(f, 0)) for f in forms), default=0)
+    cands = [f for f in forms if done[f] and 2 * int(counts.get(f, 0)) >= most]
     while cands:
         common = set.intersection(*(done[f] for f in cands))
         if common:
