@@ -95,17 +95,18 @@ def is_trajectory(pts: Points) -> bool:
 
 def holdouts(pts: Points, form_name: str) -> list[Holdout]:
     """The fixed splits for ``form_name`` on ``pts`` (see module docstring). On trajectories
-    (run ids that repeat) the token splits fit each run's checkpoints up to D/2 (D/4) of that
-    run's last budget D and predict every run's final checkpoint."""
+    (run ids that repeat) two more token splits come first: fit each run's checkpoints up to
+    D/2 (D/4) of that run's last budget D and predict every run's final checkpoint (extending
+    each run), besides the table-wide ones (beyond the largest budget)."""
+    out = []
     if is_trajectory(pts):
         out = [Holdout(f"D/{k}", f"each run's D/{k} -> its last D", cut=1 / k, test_from=1.0,
                        per_run=True) for k in (2, 4)]
-    else:
-        budgets = np.unique(pts.d)
-        top = float(budgets[-1]) if len(budgets) <= MANY_BUDGETS \
-            else float(np.quantile(pts.d, TOP_QUANTILE))
-        out = [Holdout(f"D/{k}", f"D<={top / k:,.0f} -> {top:,.0f}", cut=top / k, test_from=top)
-               for k in (2, 4)]
+    budgets = np.unique(pts.d)
+    top = float(budgets[-1]) if len(budgets) <= MANY_BUDGETS \
+        else float(np.quantile(pts.d, TOP_QUANTILE))
+    out += [Holdout(f"D/{k}", f"D<={top / k:,.0f} -> {top:,.0f}", cut=top / k, test_from=top)
+            for k in (2, 4)]
     if FORMS[form_name].per_size:
         return out
     labels = list(dict.fromkeys(pts.size))
@@ -196,7 +197,9 @@ def _score(name: str, h: Holdout, pts: Points, draws: int, seed: int) -> _Scored
                      "sparsity": test.s[i], "loss": test.loss[i], "pred_loss": loss_pred[i],
                      "ppl": ppl, "pred_ppl": pred_ppl, "lo_ppl": np.nan, "hi_ppl": np.nan,
                      "distance": dist[i], "rel_err": pred_ppl / ppl - 1,
-                     "loss_rel_err": loss_pred[i] / test.loss[i] - 1, "note": bound})
+                     "loss_rel_err": loss_pred[i] / test.loss[i] - 1,
+                     "note": bound if np.isfinite(pred[i]) else
+                     f"no prediction at size {test.size[i]}: not among the training runs"})
     return _Scored(rows, y_param, sigma, dist, resid, sd)
 
 
