@@ -146,7 +146,7 @@ def content_hash(data: Any, length: int = 12) -> str:
 
 
 def parse_count(value: int | float | str, where: str) -> int:
-    """Parse a token count such as 2000000, '2M', '500k', '1.5G' into an int (1..MAX_COUNT)."""
+    """Parse a token count such as 2000000, '2M', '500k', '1.5G', '1T' into an int (1..MAX_COUNT)."""
     allowed = f"allowed a positive count like 2000000 or '2M' (at most {MAX_COUNT:.0e})"
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise UserError(f"{where}: got {show(value)}, {allowed}")
@@ -154,7 +154,7 @@ def parse_count(value: int | float | str, where: str) -> int:
         number = value
     else:
         text = str(value).strip().upper()
-        scale = {"K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9}.get(text[-1:], 1.0)
+        scale = {"K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9, "T": 1e12}.get(text[-1:], 1.0)
         try:
             number = float(text[:-1] if scale != 1.0 else text) * scale
         except ValueError:

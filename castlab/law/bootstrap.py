@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from castlab.law.fit import Fit, FitOptions, fit_form, objective_at, single_thread_blas
+from castlab.law.forms import FORMS
 from castlab.law.points import Points
 
 DEFAULT_DRAWS = 1000
@@ -43,10 +44,17 @@ class Bootstrap:
     tau: float = 0.0  # extrapolation sd of ln L per decade beyond the data (0: not calibrated)
     d_seen: float = float("inf")  # largest fitted budget D
     n_seen: tuple = ()  # fitted model sizes N
+    d_seen_n: tuple = ()  # largest fitted budget per fitted size, aligned with n_seen
 
     def distance(self, pts: Points) -> np.ndarray:
-        """Decades (log10) beyond the fitted budgets plus decades to the nearest fitted size."""
-        dd = np.maximum(0.0, np.log10(pts.d / self.d_seen)) if np.isfinite(self.d_seen) \
+        """Decades (log10) beyond the fitted budgets plus decades to the nearest fitted size.
+
+        At a fitted size the budgets are those fitted at that size (a trajectory table's small
+        sizes end far below its largest budget); elsewhere the largest fitted budget."""
+        top = np.full(len(pts), self.d_seen)
+        for n, d in zip(self.n_seen, self.d_seen_n, strict=False):  # older laws: none
+            top[pts.n == n] = d
+        dd = np.maximum(0.0, np.log10(pts.d / top)) if np.isfinite(self.d_seen) \
             else np.zeros(len(pts))
         if not self.n_seen:
             return dd
@@ -55,12 +63,48 @@ class Bootstrap:
         return dd + dn
 
 
-def resample_weights(pts: Points, rng: np.random.Generator) -> np.ndarray:
-    """Multiplicity of each run in one bootstrap draw, resampled within each size."""
-    w = np.zeros(len(pts))
-    for label in dict.fromkeys(pts.size):
-        idx = np.flatnonzero(pts.size == label)
-        np.add.at(w, rng.choice(idx, size=len(idx), replace=True), 1.0)
+def resample_weights(pts: Points, rng: np.random.Generator,
+                     per_size: bool = False) -> np.ndarray:
+    """Multiplicity of each point in one bootstrap draw (see ``resample_plan``)."""
+    return draw_weights(resample_plan(pts, per_size), len(pts), rng)
+
+
+def resample_plan(pts: Points, per_size: bool = False) -> list[tuple[np.ndarray, list | None]]:
+    """How a draw resamples ``pts``: per stratum (point indices, runs as index arrays or None).
+
+    Runs are resampled within each size. Checkpoints of one run (``pts.run``) are correlated,
+    so a run is drawn as a whole. Where a size has a single run (a trajectory table: one curve
+    per size) resampling within the size would always return that run, so the runs are then
+    resampled over the whole table, except for a ``per_size`` form (it needs every size in every
+    draw), whose points are then resampled within each size as if independent. Computed once
+    per bootstrap: a table with hundreds of sizes made per-draw grouping the bottleneck.
+    """
+    labels = list(dict.fromkeys(pts.size))
+    by_size = [np.flatnonzero(pts.size == label) for label in labels]
+    runs = pts.runs()
+    if pts.run is None or len(np.unique(runs)) == len(pts):  # one point per run
+        return [(idx, None) for idx in by_size]
+    per_size_runs = [list(dict.fromkeys(runs[idx])) for idx in by_size]
+    if min(len(r) for r in per_size_runs) >= 2:
+        return [(idx, [idx[runs[idx] == r] for r in rs])
+                for idx, rs in zip(by_size, per_size_runs, strict=True)]
+    if per_size:
+        return [(idx, None) for idx in by_size]
+    every = np.arange(len(pts))
+    return [(every, [np.flatnonzero(runs == r) for r in dict.fromkeys(runs)])]
+
+
+def draw_weights(plan, n: int, rng: np.random.Generator) -> np.ndarray:
+    """One draw's multiplicity per point from a ``resample_plan``."""
+    w = np.zeros(n)
+    for idx, runs in plan:
+        if len(idx) == 1:  # a draw of one from one: numpy consumes no randomness for it either
+            w[idx] += 1.0
+        elif runs is None:
+            np.add.at(w, rng.choice(idx, size=len(idx), replace=True), 1.0)
+        else:
+            for k in rng.choice(len(runs), size=len(runs), replace=True):
+                w[runs[k]] += 1.0
     return w
 
 
@@ -93,9 +137,10 @@ def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
     rng = np.random.default_rng(seed)
     thetas, dense, failed = [], [], 0
     opt = options or BOOT_OPTIONS
+    plan = resample_plan(pts, FORMS[fit.form].per_size)
     with single_thread_blas():
         for _ in range(draws):
-            w = resample_weights(pts, rng)
+            w = draw_weights(plan, len(pts), rng)
             jit = fit_form(fit.form, pts, weights=w, warm=_jittered(fit, rng), options=opt)
             f = jit
             if not (_ok(jit) and jit.objective <= objective_at(fit, pts, w) + 1e-12):
@@ -110,7 +155,8 @@ def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
     p = fit.theta.shape
     return Bootstrap(np.array(thetas).reshape((-1,) + p), np.array(dense) if dense else None,
                      draws, failed, seed, time.perf_counter() - t0, sigma, source,
-                     d_seen=float(pts.d.max()), n_seen=tuple(float(v) for v in np.unique(pts.n)))
+                     d_seen=float(pts.d.max()), n_seen=tuple(float(v) for v in np.unique(pts.n)),
+                     d_seen_n=tuple(float(pts.d[pts.n == v].max()) for v in np.unique(pts.n)))
 
 
 JITTER = 0.3  # sd of the second start around the optimum, in internal (O(1)) parameters
@@ -150,10 +196,19 @@ def predictive_draws(fit: Fit, boot: Bootstrap, pts: Points, seed: int = 0,
     if noise and not np.isfinite(boot.sigma):
         return np.full(y.shape, np.nan)
     if noise:
-        rng = np.random.default_rng(seed)
         sd = np.sqrt(boot.sigma**2 + (boot.tau * boot.distance(pts)) ** 2)
-        y = y + sd * rng.standard_normal(y.shape)
+        y = y + sd * point_normals(pts, y.shape[0], seed)
     return y
+
+
+def point_normals(pts: Points, draws: int, seed: int) -> np.ndarray:
+    """(draws, n) standard normals, each column seeded by ``seed`` and its own point (N, D, S),
+    so one query's interval does not depend on which other points are asked with it."""
+    keys = np.column_stack([pts.n, pts.d, pts.s]).astype(np.float64).view(np.uint64)
+    out = np.empty((draws, len(pts)))
+    for j, key in enumerate(keys):
+        out[:, j] = np.random.default_rng([seed, *map(int, key)]).standard_normal(draws)
+    return out
 
 
 def interval(draws: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
@@ -171,5 +226,21 @@ def param_summary(fit: Fit, boot: Bootstrap, level: float = DEFAULT_LEVEL) -> di
         col = table[:, j]
         lo, hi = interval(col, level) if len(col) else (np.nan, np.nan)
         out[name] = {"value": v, "lo": float(lo), "hi": float(hi),
-                     "sd": float(col.std(ddof=1)) if len(col) > 1 else float("nan")}
+                     "sd": float(col.std(ddof=1)) if len(col) > 1 else float("nan"),
+                     "flag": interval_flag(float(lo), float(hi))}
     return out
+
+
+WIDE_DECADES = 1.0  # a parameter interval wider than a factor 10 is flagged: not determined
+
+
+def interval_flag(lo: float, hi: float) -> str:
+    """'' for a determined parameter; else why its interval says little (orders of magnitude,
+    or a sign the data cannot fix)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return ""
+    if lo > 0 and np.log10(hi / lo) > WIDE_DECADES:
+        return f"interval spans {np.log10(hi / lo):.1f} decades: not determined by these runs"
+    if lo < 0 < hi:
+        return "interval crosses zero: its sign is not determined by these runs"
+    return ""

@@ -16,11 +16,15 @@ from castlab.law.fit import fit_form
 from castlab.law.forms import FORMS, get_form
 from castlab.law.points import ColumnMap, check_fittable, points_from_frame, read_table
 from castlab.law.predict import Law
+from castlab.law.targets import forms_that_can, missing, parse_targets
 from castlab.law.validate import (
+    FALLBACK_ORDER,
     HELDOUT_DRAWS,
     candidate_forms,
     choose_form,
+    fallback_form,
     heldout_predictions,
+    is_trajectory,
     summarize,
     unidentified_forms,
 )
@@ -45,6 +49,16 @@ def register(subparsers) -> None:
     p.add_argument("--loss-is-ppl", action="store_true", help="--loss-col holds perplexity")
     p.add_argument("--s-col", help="external table: column with sparsity in [0, 1) (frantar)")
     p.add_argument("--size-col", help="external table: column naming the model size")
+    p.add_argument("--run-col", help="external table: column naming the run of each row; rows "
+                                     "of one run (checkpoints) are validated and bootstrapped "
+                                     "together")
+    p.add_argument("--curves", action="store_true",
+                   help="results store: also fit every evaluated checkpoint of each run's "
+                        "curve.parquet (trajectories: validated on each run's last point)")
+    p.add_argument("--predict-for", metavar="WHAT",
+                   help="what the law must predict: comma list of budgets, sizes, sparsities, "
+                        "or all (default: budgets, plus sparsities when the runs have several); "
+                        "forms that cannot are not chosen")
     p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
                    help="bootstrap draws (default 1000; fewer only for quick looks)")
     p.add_argument("--heldout-draws", type=int, default=HELDOUT_DRAWS,
@@ -74,12 +88,12 @@ def register(subparsers) -> None:
 
 def _columns(args) -> ColumnMap | None:
     given = [args.n_col, args.d_col, args.loss_col]
-    if not any(given) and not (args.s_col or args.loss_is_ppl or args.size_col):
+    if not any(given) and not (args.s_col or args.loss_is_ppl or args.size_col or args.run_col):
         return None
     if not all(given):
         raise UserError("--n-col, --d-col and --loss-col must be given together")
     return ColumnMap(args.n_col, args.d_col, args.loss_col, args.loss_is_ppl, args.s_col,
-                     args.size_col)
+                     args.size_col, args.run_col)
 
 
 def _fmt(v: float) -> str:
@@ -108,48 +122,61 @@ def fit_law_command(args) -> int:
     src = Path(args.path)
     cols = _columns(args)
     out = _out_dir(args, src)
-    pts = points_from_frame(read_table(src), args.method, cols, where=str(src))
+    frame = read_table(src)
+    if args.curves:
+        if cols is not None or not src.is_dir():
+            raise UserError("--curves: reads a castlab results directory's curve.parquet files; "
+                            "for a table, give its checkpoints as rows with --run-col")
+        from castlab.law.curves import with_curves
+
+        frame = with_curves(src, frame, args.method)
+    pts = points_from_frame(frame, args.method, cols, where=str(src))
+    targets = parse_targets(args.predict_for, pts.s)
     if args.form == "auto":
-        forms, excluded = candidate_forms(pts)
-        if not forms:
-            raise UserError(f"{src}: no law form fits these runs ({next(iter(excluded.values()))})")
+        forms, excluded = _auto_candidates(pts, targets, src)
     else:
-        check_fittable(get_form(args.form), pts)
+        form = get_form(args.form)
+        if missing(form, targets):
+            raise UserError(f"--form {form.name}: cannot predict new {', '.join(missing(form, targets))} "
+                            f"(--predict-for {','.join(targets)}); forms that can: "
+                            f"{', '.join(forms_that_can(targets))}")
+        check_fittable(form, pts)
         forms, excluded = [args.form], {}
     what = f"method {args.method}" if cols is None else "mapped columns"
-    print(f"castlab fit-law: {len(pts)} runs ({what}), {len(set(pts.size))} sizes, "
-          f"{len(np.unique(pts.d))} budgets from {src}")
+    runs = f", {len(np.unique(pts.run))} runs" if is_trajectory(pts) else ""
+    print(f"castlab fit-law: {len(pts)} points ({what}), {len(set(pts.size))} sizes{runs}, "
+          f"{len(np.unique(pts.d))} budgets from {src}; predicting new {', '.join(targets)}")
     taus: dict[str, float] = {}
     preds = heldout_predictions(pts, forms, args.heldout_draws, args.level, args.seed, taus)
     table = summarize(preds, forms)
-    bad = unidentified_forms(pts, forms) if args.form == "auto" else {}
-    common: list[str] = []
-    if args.form == "auto":
-        chosen, common = choose_form(preds, forms, bad)
-    else:
-        chosen = args.form
+    bounds: dict[str, list] = {}
+    bad = unidentified_forms(pts, forms, bounds) if args.form == "auto" else {}
+    chosen, common, how, validated = _choose(args, preds, forms, bad)
     _print_table(table, {**excluded, **bad}, args)
     fit = fit_form(chosen, pts)
     if fit.on_bound:
-        print(f"warning: form {chosen} is not identified by these runs: "
-              f"{', '.join(fit.on_bound)} ended on a bound")
+        print(f"note: form {chosen}: {', '.join(fit.on_bound)} ended on a bound and is held "
+              "there (the constrained optimum); the runs do not pin it down")
     if args.draws < DEFAULT_DRAWS:
         print(f"note: {args.draws} bootstrap draws (< {DEFAULT_DRAWS}): interval ends are rough")
     boot = bootstrap(fit, pts, draws=args.draws, seed=args.seed)
     boot.tau = float(taus.get(chosen, 0.0))
     summary = param_summary(fit, boot, args.level)
-    how = (f"lowest held-out loss error on the splits every candidate fitted ({', '.join(common)})"
-           if args.form == "auto" else "given by --form")
-    print(f"\nchosen form: {chosen} ({FORMS[chosen].description}) - {how}")
+    mark = "" if validated else " - NOT VALIDATED"
+    print(f"\nchosen form: {chosen} ({FORMS[chosen].description}){mark} - {how}")
     print(f"parameters ({args.level:.0%} bootstrap intervals, {args.draws} draws, {boot.failed} "
           f"unconverged, {boot.seconds:.1f} s):")
     for name, s in summary.items():
-        print(f"  {name:>16} = {_fmt(s['value']):>10}  [{_fmt(s['lo'])}, {_fmt(s['hi'])}]")
+        flag = f"  <- {s['flag']}" if s["flag"] else ""
+        print(f"  {name:>16} = {_fmt(s['value']):>10}  [{_fmt(s['lo'])}, {_fmt(s['hi'])}]{flag}")
+    extra = (f"extrapolation sd(ln L) = {boot.tau:.4g} per decade (from held-out residuals)"
+             if preds.loc[preds["form"] == chosen, "rel_err"].notna().any()
+             else "extrapolation sd not calibrated (no held-out split scored)")
     print(f"  in-sample Huber objective {fit.objective:.6g}; run noise sd(ln L) = {boot.sigma:.4g} "
-          f"(from {boot.noise_source}); extrapolation sd(ln L) = {boot.tau:.4g} per decade "
-          "(from held-out residuals)")
+          f"(from {boot.noise_source}); {extra}")
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"chosen_by": "heldout" if args.form == "auto" else "user",
+    meta = {"chosen_by": ("heldout" if validated else "fallback") if args.form == "auto"
+            else "user", "validated": validated, "why": how, "predict_for": list(targets),
             "compared_on": common, "on_bound": fit.on_bound,
             "params": summary,
             "heldout": json.loads(table.to_json(orient="records")),
@@ -165,6 +192,41 @@ def fit_law_command(args) -> int:
         written += plot_all(law, pts, preds[preds["form"] == chosen], out)
     print("wrote " + ", ".join(str(p) for p in written) + f" (castlab {__version__})")
     return 0
+
+
+def _auto_candidates(pts, targets, src) -> tuple[list[str], dict[str, str]]:
+    """Forms that can predict ``targets`` and that ``pts`` can fit; a refusal names every cause."""
+    able = forms_that_can(targets)
+    cannot = {f: f"cannot predict new {', '.join(missing(FORMS[f], targets))} "
+                 f"(--predict-for {','.join(targets)})" for f in FORMS if f not in able}
+    forms, excluded = candidate_forms(pts, able)
+    if not forms:
+        why = "; ".join(excluded.values()) + ("; " if cannot else "") + \
+            "; ".join(f"form {f}: {w}" for f, w in cannot.items())
+        raise UserError(f"{src}: no law form fits these runs: {why}")
+    return forms, {**excluded, **cannot}
+
+
+def _choose(args, preds, forms, bad) -> tuple[str, list[str], str, bool]:
+    """(form, splits compared on, how it was chosen, whether it was validated on held-out runs).
+
+    With nothing scored on a held-out token split, auto takes the first fittable form of
+    ``FALLBACK_ORDER`` and says the law is not validated."""
+    scored = bool(preds[preds["form"].isin(forms) & preds["rel_err"].notna()].shape[0])
+    if args.form != "auto":
+        return args.form, [], "given by --form", scored
+    usable = [f for f in forms if f not in bad]
+    if not usable:
+        raise UserError("no law form could be fitted to all the runs: "
+                        + "; ".join(f"{f}: {w}" for f, w in bad.items()))
+    try:
+        chosen, common = choose_form(preds, usable, level=args.level)
+    except UserError as err:
+        chosen = fallback_form(usable)
+        return chosen, [], (f"{err}; fell back to {chosen}, the first fittable form in the "
+                            f"order {', '.join(FALLBACK_ORDER)}"), False
+    return chosen, common, ("lowest held-out loss error on the splits every candidate fitted "
+                            f"({', '.join(common)}), held-out coverage weighed"), True
 
 
 def _print_table(table, excluded, args) -> None:
@@ -198,6 +260,10 @@ def predict_command(args) -> int:
             raise UserError("--tokens: give at least one budget, e.g. 5M,20M")
         q = law.query(label, n, tokens, args.sparsity, args.dense_loss)
         result["predictions"] = law.predict(q, seed=args.seed)
+        result["warnings"] = law.warnings(q, law.fit.predict_log(q))
+    if law.meta.get("validated") is False:
+        result.setdefault("warnings", []).insert(
+            0, f"this law was not validated on held-out runs ({law.meta.get('why', '')})")
     if args.target_ppl is not None:
         q = law.query(label, n, [1.0], args.sparsity, args.dense_loss)
         result["target"] = law.tokens_for_ppl(args.target_ppl, q)
@@ -205,6 +271,8 @@ def predict_command(args) -> int:
         json.dump(result, sys.stdout, indent=1)
         print()
         return 0
+    for w in result.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
     for r in result.get("predictions", []):
         band = (f"[{r['ppl_lo']:.4g}, {r['ppl_hi']:.4g}] ({r['level']:.0%})"
                 if r["ppl_lo"] is not None else f"(no interval: {r['no_interval']})")

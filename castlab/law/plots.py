@@ -23,7 +23,12 @@ def plot_all(law: Law, pts: Points, heldout: pd.DataFrame, out_dir: str | Path) 
     out_dir = Path(out_dir)
     return [pred_vs_actual(law, pts, heldout, out_dir / FIGURES[0]),
             ppl_vs_tokens(law, pts, out_dir / FIGURES[1]),
-            residuals_vs_extrapolation(heldout, law.fit.form, out_dir / FIGURES[2])]
+            residuals_vs_extrapolation(heldout, law.fit.form + _mark(law), out_dir / FIGURES[2])]
+
+
+def _mark(law: Law) -> str:
+    """' (NOT VALIDATED)' for a law no held-out split could score, else ''."""
+    return " (NOT VALIDATED)" if law.meta.get("validated") is False else ""
 
 
 def pred_vs_actual(law: Law, pts: Points, heldout: pd.DataFrame, path: Path) -> Path:
@@ -45,7 +50,7 @@ def pred_vs_actual(law: Law, pts: Points, heldout: pd.DataFrame, path: Path) -> 
     lim = np.array([allv.min() / 1.05, allv.max() * 1.05])
     ax.plot(lim, lim, "k--", lw=1, label="y = x")
     ax.set(xscale="log", yscale="log", xlim=lim, ylim=lim, xlabel="actual validation PPL",
-           ylabel="predicted PPL", title=f"law {law.fit.form}: predicted vs actual")
+           ylabel="predicted PPL", title=f"law {law.fit.form}{_mark(law)}: predicted vs actual")
     plain_axis(ax.xaxis)
     plain_axis(ax.yaxis)
     ax.legend(fontsize=9, loc="upper left")
@@ -83,7 +88,8 @@ def ppl_vs_tokens(law: Law, pts: Points, path: Path) -> Path:
             ax.fill_between(d_grid, ppl_of_log_loss(lo), ppl_of_log_loss(hi), color=c, alpha=0.15)
     ax.axvline(pts.d.max(), color="grey", ls=":", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="training tokens D", ylabel="validation PPL",
-           title=f"law {law.fit.form}: PPL vs tokens ({law.level:.0%} band, dotted: largest fitted D)")
+           title=f"law {law.fit.form}{_mark(law)}: PPL vs tokens ({law.level:.0%} band, "
+                 "dotted: largest fitted D)")
     plain_axis(ax.xaxis, tokens_label)
     plain_axis(ax.yaxis)
     ax.legend(fontsize=8, ncol=2, loc="upper right")

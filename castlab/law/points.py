@@ -27,6 +27,7 @@ class ColumnMap:
     loss_is_ppl: bool = False
     s_col: str | None = None
     size_col: str | None = None
+    run_col: str | None = None  # rows sharing a run id are checkpoints of one run
 
 
 @dataclass
@@ -41,13 +42,21 @@ class Points:
     lkd: np.ndarray  # dense-kd twin loss at the same model, tokens and seed, NaN where none
     size: np.ndarray  # size label per run (model name, or "N=..." for external tables)
     seed: np.ndarray
+    # Run id per point: points of one run (checkpoints of one training curve) share it and are
+    # resampled together by the bootstrap. None: every point is its own run.
+    run: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.n)
 
     def subset(self, idx) -> Points:
         """The points at integer indices or boolean mask ``idx``."""
-        return Points(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+        return Points(**{f.name: None if getattr(self, f.name) is None
+                         else getattr(self, f.name)[idx] for f in fields(self)})
+
+    def runs(self) -> np.ndarray:
+        """Run id per point (each point its own run when no run ids were given)."""
+        return np.arange(len(self)).astype(str) if self.run is None else self.run.astype(str)
 
     def twins(self) -> Points:
         """The dense-kd twins as points of their own (the dense curve kd_gap needs)."""
@@ -152,7 +161,8 @@ def points_from_frame(df: pd.DataFrame, method: str = "cast", columns: ColumnMap
         loss=_positive(_floats(rows, "eval_loss"), "eval_loss"),
         s=_floats(rows, "sparsity") if "sparsity" in rows else np.zeros(n),
         ldense=_floats(rows, "teacher_eval_loss") if "teacher_eval_loss" in rows else np.full(n, np.nan),
-        lkd=np.full(n, np.nan), size=rows["model"].astype(str).to_numpy(), seed=seed)
+        lkd=np.full(n, np.nan), size=rows["model"].astype(str).to_numpy(), seed=seed,
+        run=rows["run_id"].astype(str).to_numpy() if "run_id" in rows else None)
     twins = ok[ok["method"] == "dense-kd"]
     if method != "dense-kd" and not twins.empty:
         # The twin is the seed mean of the dense-kd runs at the same model and budget: studies
@@ -165,11 +175,22 @@ def points_from_frame(df: pd.DataFrame, method: str = "cast", columns: ColumnMap
         pts.digest_lkd = np.array([by_seed.get((m, t, s), np.nan) for m, t, s in zip(
             rows["model"], rows["tokens"], rows["seed"] if "seed" in rows else [-1] * n,
             strict=True)], dtype=float)
+        if "checkpoint" in rows:  # a mid-run checkpoint has no twin: twins are budgeted runs
+            mid = rows["checkpoint"].fillna(False).astype(bool).to_numpy()
+            pts.lkd[mid] = np.nan
+            pts.digest_lkd[mid] = np.nan
     return pts
 
 
+def size_label(n: float) -> str:
+    """``N=7.8125e+06``-style label of a size told apart by its exact N (shortest exact form)."""
+    short = f"{float(n):.6g}"
+    return f"N={short}" if float(short) == float(n) else f"N={float(n)!r}"
+
+
 def _external(df: pd.DataFrame, cm: ColumnMap, where: str) -> Points:
-    _require_columns(df, (cm.n_col, cm.d_col, cm.loss_col, cm.s_col, cm.size_col), where)
+    _require_columns(df, (cm.n_col, cm.d_col, cm.loss_col, cm.s_col, cm.size_col, cm.run_col),
+                     where)
     n = len(df)
     raw = _positive(_floats(df, cm.loss_col), cm.loss_col)
     if not cm.loss_is_ppl and float(np.median(raw)) > PPL_LOOKING:
@@ -189,10 +210,20 @@ def _external(df: pd.DataFrame, cm: ColumnMap, where: str) -> Points:
                         f"blank (first at row {first}); every run needs a size label")
     # Sizes are told apart by exact N: rounding N merged distinct models into one "size".
     size = (df[cm.size_col].astype(str).to_numpy() if cm.size_col
-            else np.array([f"N={v!r}" for v in nn], dtype=object))
+            else np.array([size_label(v) for v in nn], dtype=object))
+    run = None
+    if cm.run_col:
+        if df[cm.run_col].isna().any():
+            raise UserError(f"{cm.run_col}: {int(df[cm.run_col].isna().sum())} of {n} rows have "
+                            "no run id; every checkpoint needs the id of its run")
+        run = df[cm.run_col].astype(str).to_numpy()
+        mixed = [r for r in dict.fromkeys(run) if len(np.unique(nn[run == r])) > 1]
+        if mixed:
+            raise UserError(f"{cm.run_col}: run {mixed[0]!r} has rows of different sizes "
+                            f"({cm.n_col}); a run id must name one training run of one model")
     return Points(n=nn, d=_positive(_floats(df, cm.d_col), cm.d_col), loss=loss, s=s,
                   ldense=np.full(n, np.nan), lkd=np.full(n, np.nan), size=size,
-                  seed=np.full(n, -1))
+                  seed=np.full(n, -1), run=run)
 
 
 def check_fittable(form: Form, pts: Points) -> None:
@@ -207,6 +238,10 @@ def check_fittable(form: Form, pts: Points) -> None:
         raise UserError(f"form {name}: needs teacher_eval_loss (the dense teacher's loss) on every run")
     if "lkd" in form.needs and not np.isfinite(pts.lkd).all():
         raise UserError(f"form {name}: needs a dense-kd twin (same model, tokens, seed) for every run")
+    levels = len(np.unique(pts.s))
+    if "s" not in form.needs and levels > 1:
+        raise UserError(f"form {name}: ignores sparsity, but the runs have {levels} sparsity "
+                        "levels (--s-col); a form that models it: frantar")
     groups = [pts.size == g for g in dict.fromkeys(pts.size)] if form.per_size else [slice(None)]
     for g in groups:
         sub, label = pts.subset(g), (f" for size {pts.size[g][0]}" if form.per_size else "")

@@ -24,6 +24,7 @@ from castlab.law.points import Points
 from castlab.law.validate import LN_CLIP, exp_clipped, ppl_of_log_loss
 
 LN_D_RANGE = (0.0, np.log(1e30))  # budgets searched by --target-ppl: 1 to 1e30 tokens
+FAR_DECADES = 1.0  # predict warns beyond this many decades outside the fitted budgets or sizes
 
 
 def fit_to_json(fit: Fit) -> dict:
@@ -77,6 +78,7 @@ class Law:
                               "seconds": b.seconds, "sigma": b.sigma,
                               "noise_source": b.noise_source, "tau": b.tau,
                               "d_seen": b.d_seen, "n_seen": list(b.n_seen),
+                              "d_seen_n": list(b.d_seen_n),
                               "thetas": b.thetas.tolist(),
                               "dense_thetas": None if b.dense_thetas is None
                               else b.dense_thetas.tolist()},
@@ -108,7 +110,7 @@ class Law:
                              b["draws"], b["failed"], b["seed"], b["seconds"], b["sigma"],
                              b["noise_source"], float(b.get("tau", 0.0)),
                              float(b.get("d_seen", float("inf"))),
-                             tuple(b.get("n_seen", ())))
+                             tuple(b.get("n_seen", ())), tuple(b.get("d_seen_n", ())))
         except FileNotFoundError:
             raise UserError(f"--law: {path} does not exist") from None
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
@@ -135,9 +137,46 @@ class Law:
             raise UserError(f"--n: got {n!r}, allowed a positive, finite parameter count")
         label = next((k for k, v in self.sizes.items() if np.isclose(v["n"], n, rtol=1e-9)), "")
         if FORMS[self.fit.form].per_size and not label:
-            raise UserError(f"form {self.fit.form} is fitted per size: --model must be one of "
-                            f"{', '.join(self.sizes)}")
+            raise UserError(f"form {self.fit.form} is fitted per size and cannot predict a new "
+                            f"size (N={n:.4g}): --model must be one of {', '.join(self.sizes)}; "
+                            f"{self.who_predicts('sizes')}")
         return label, float(n)
+
+    def who_predicts(self, target: str) -> str:
+        """Which forms would answer a ``target`` query ('sizes', 'sparsities') this law cannot,
+        best held-out first among those this law's fit-law scored, and how to get such a law."""
+        from castlab.law.targets import can_predict, forms_that_can
+
+        scored = [r for r in self.meta.get("heldout", []) if r.get("form") in FORMS
+                  and can_predict(FORMS[r["form"]], target)
+                  and isinstance(r.get("tokens_loss_are"), float)]
+        scored.sort(key=lambda r: r["tokens_loss_are"])
+        names = [r["form"] for r in scored] or forms_that_can([target])
+        return (f"forms that can: {', '.join(names)} (refit with castlab fit-law "
+                f"--predict-for {target})")
+
+    def warnings(self, q: Points, y: np.ndarray) -> list[str]:
+        """Why predictions at ``q`` (predicted ln L ``y``) deserve caution: far beyond the fitted
+        budgets or sizes (more than ``FAR_DECADES``), or below the dense teacher's loss."""
+        out = []
+        b = self.boot
+        far = np.log10(q.d / b.d_seen) if np.isfinite(b.d_seen) else np.zeros(len(q))
+        for d, v in zip(q.d, far, strict=True):
+            if v > FAR_DECADES:
+                out.append(f"{d:.4g} tokens is {v:.1f} decades beyond the largest fitted budget "
+                           f"({b.d_seen:.4g}): an extrapolation the held-out splits never tested")
+        if b.n_seen:
+            lo, hi = min(b.n_seen), max(b.n_seen)
+            gap = max(np.log10(lo / q.n[0]), np.log10(q.n[0] / hi), 0.0)
+            if gap > FAR_DECADES:
+                out.append(f"N={q.n[0]:.4g} is {gap:.1f} decades outside the fitted sizes "
+                           f"({lo:.4g} to {hi:.4g})")
+        with np.errstate(invalid="ignore"):
+            below = np.isfinite(q.ldense) & (y < np.log(q.ldense))
+        for d in q.d[below]:
+            out.append(f"at {d:.4g} tokens the law predicts a loss below the dense teacher's "
+                       f"({q.ldense[0]:.4g} nats): a sparse model rarely beats its teacher")
+        return out
 
     def query(self, label: str, n: float, tokens, sparsity: float | None = None,
               dense_loss: float | None = None) -> Points:
@@ -151,7 +190,8 @@ class Law:
             if not 0 <= sparsity < 1:
                 raise UserError(f"--sparsity: got {sparsity}, allowed 0 <= s < 1")
         elif sparsity is not None:
-            raise UserError(f"--sparsity: form {form.name} does not use sparsity")
+            raise UserError(f"--sparsity: form {form.name} does not use sparsity; "
+                            f"{self.who_predicts('sparsities')}")
         teacher = dense_loss
         if teacher is None and label:
             teacher = self.sizes[label].get("teacher_eval_loss")
@@ -168,7 +208,8 @@ class Law:
         """Per query point: loss and PPL with the ``level`` prediction interval."""
         y = self.fit.predict_log(q)
         if not np.isfinite(y).all():
-            raise UserError("this law cannot predict at that size (its dense-kd curve is per size)")
+            raise UserError("this law cannot predict at that size (its dense-kd curve is per "
+                            f"size); {self.who_predicts('sizes')}")
         why = self.no_interval()
         lo = hi = np.full(len(q), np.nan)
         if not why:

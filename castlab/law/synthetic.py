@@ -80,3 +80,68 @@ def synthetic_case(form_name: str, noise: float = 0.005, rng_seed: int = 0, seed
     case.setdefault("seeds", seeds)
     return synthetic_points(form_name, public, sizes or SIZES, budgets, noise=noise,
                             rng_seed=rng_seed, **case)
+
+
+# A trajectory table with known truth: one run per size, checkpoints along a warmup + cosine
+# schedule (to 10% of the peak), 20 tokens per parameter at the end of each run. The loss follows
+# L0(N) + B S^-beta (1 - C a), S the learning-rate area in tokens (a budgeted run's D at its end),
+# a in [0, 1] the annealed share of the peak rate (an EMA of the schedule, so the decay's benefit
+# lags it): checkpoints mid-schedule sit above what a run budgeted for their D reaches.
+TRAJ_SIZES = (5e6, 2e7, 8e7, 3e8, 1e9, 4e9)
+TRAJ_TRUTH = {"E": 1.7, "A": 400.0, "alpha": 0.34, "B": 250.0, "beta": 0.3, "C": 0.3}
+TOKENS_PER_STEP = 2**19
+
+
+def cosine_lr(steps: int, warmup: float = 0.01, floor: float = 0.1) -> np.ndarray:
+    """Per step (1..steps): linear warmup, then cosine from 1 to ``floor``."""
+    t = np.arange(1, steps + 1, dtype=np.float64)
+    w = max(1, int(warmup * steps))
+    cos = floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * np.clip((t - w) / (steps - w), 0, 1)))
+    return np.where(t <= w, t / w, cos)
+
+
+def trajectory_loss(n: float, lr: np.ndarray, truth=TRAJ_TRUTH) -> np.ndarray:
+    """True loss after each step of a run of size ``n`` under schedule ``lr`` (peak 1)."""
+    area = np.cumsum(lr) * TOKENS_PER_STEP / np.mean(cosine_lr(1000))  # = D at a cosine run's end
+    k = 1 / max(1.0, 0.02 * len(lr))  # the annealing benefit lags the rate by ~2% of the run
+    ema = np.empty(len(lr))
+    acc = 1.0
+    for i, v in enumerate(lr):
+        acc += k * (v - acc)
+        ema[i] = acc
+    annealed = np.clip(1 - ema, 0, 1) / 0.9  # 0 at the peak rate, 1 at the floor
+    t = truth
+    return (t["E"] + t["A"] * n ** -t["alpha"]
+            + t["B"] * area ** -t["beta"] * (1 - t["C"] * annealed))
+
+
+def trajectory_table(sizes=TRAJ_SIZES, checkpoints: int = 24, noise: float = 0.004,
+                     run_noise: float = 0.004, rng_seed: int = 0):
+    """DataFrame (run, n, tokens, lr, loss): ``checkpoints`` per run, geometric from 2% of the
+    run to its end; ln L carries a per-run offset (``run_noise``) and per-point noise."""
+    import pandas as pd
+
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for n in sizes:
+        steps = max(50, int(round(20 * n / TOKENS_PER_STEP)))
+        lr = cosine_lr(steps)
+        loss = trajectory_loss(n, lr)
+        at = np.unique(np.geomspace(max(1, 0.02 * steps), steps, checkpoints).round().astype(int))
+        offset = run_noise * rng.standard_normal()
+        for s in at:
+            rows.append({"run": f"run-{n:.0e}", "n": n, "tokens": s * TOKENS_PER_STEP,
+                         "lr": lr[s - 1], "loss": loss[s - 1] * np.exp(offset + noise *
+                                                                     rng.standard_normal())})
+    return pd.DataFrame(rows)
+
+
+def sparse_table(rng_seed: int = 0, noise: float = 0.005):
+    """DataFrame (n, tokens, sparsity, loss) from the frantar case: 5 sizes x 3 budgets x 4
+    sparsities (0, 0.5, 0.75, 0.875), like a published sparse sweep."""
+    import pandas as pd
+
+    sizes = {f"s{k}": v for k, v in enumerate((1e6, 3e6, 1e7, 3e7, 1e8))}
+    pts = synthetic_points("frantar", CASES["frantar"]["public"], sizes, (2.5e7, 1e8, 4e8),
+                           noise=noise, rng_seed=rng_seed, sparsities=(0.0, 0.5, 0.75, 0.875))
+    return pd.DataFrame({"n": pts.n, "tokens": pts.d, "sparsity": pts.s, "loss": pts.loss})

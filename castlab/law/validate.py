@@ -8,17 +8,19 @@ N). Each split refits the form on its training runs, predicts the held-out ones 
 interval, and the form's extrapolation term ``tau`` (sd of ln L per decade beyond the data) is
 learned conformal-style from the residuals of its *other* splits, so no held-out interval is
 calibrated on its own residuals. Forms are compared in loss (PPL alongside) on the token splits
-every candidate fitted identifiably; a form whose full-data fit leaves a parameter on its bound
-is reported but not chosen.
+every candidate fitted; a form whose held-out coverage is far below the nominal level ranks
+after the calibrated ones. A parameter that ends on its bound is held there (the constrained
+optimum), reported in the split's note, and the split is scored like any other.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.stats import binom, norm
 
 from castlab.errors import UserError
 from castlab.law.bootstrap import DEFAULT_LEVEL, bootstrap
@@ -58,9 +60,12 @@ class Holdout:
     test_from: float | None = None
     size: str | None = None  # leave this size out
     n_from: float | None = None  # leave sizes with N >= n_from out
+    per_run: bool = False  # trajectories: cut and test_from are fractions of each run's last D
 
     def train(self, pts: Points) -> np.ndarray:
         """Mask of the training runs among ``pts``."""
+        if self.per_run:
+            return pts.d <= self.cut * run_top(pts) * SLACK
         if self.cut is not None:
             return pts.d <= self.cut * SLACK
         if self.size is not None:
@@ -69,18 +74,39 @@ class Holdout:
 
     def test(self, pts: Points, largest: float | None = None) -> np.ndarray:
         """Mask of the held-out runs among ``pts`` (``largest`` is ignored: kept for callers)."""
+        if self.per_run:
+            return pts.d >= self.test_from * run_top(pts) / SLACK
         if self.cut is not None:
             return pts.d >= self.test_from / SLACK
         return ~self.train(pts)
 
 
+def run_top(pts: Points) -> np.ndarray:
+    """Per point: the largest budget D of its run (its final checkpoint)."""
+    runs = pts.runs()
+    top = {r: pts.d[runs == r].max() for r in dict.fromkeys(runs)}
+    return np.array([top[r] for r in runs])
+
+
+def is_trajectory(pts: Points) -> bool:
+    """Whether ``pts`` holds runs with several checkpoints each (run ids repeat)."""
+    return pts.run is not None and len(np.unique(pts.run)) < len(pts)
+
+
 def holdouts(pts: Points, form_name: str) -> list[Holdout]:
-    """The fixed splits for ``form_name`` on ``pts`` (see module docstring)."""
+    """The fixed splits for ``form_name`` on ``pts`` (see module docstring). On trajectories
+    (run ids that repeat) two more token splits come first: fit each run's checkpoints up to
+    D/2 (D/4) of that run's last budget D and predict every run's final checkpoint (extending
+    each run), besides the table-wide ones (beyond the largest budget)."""
+    out = []
+    if is_trajectory(pts):
+        out = [Holdout(f"D/{k}", f"each run's D/{k} -> its last D", cut=1 / k, test_from=1.0,
+                       per_run=True) for k in (2, 4)]
     budgets = np.unique(pts.d)
     top = float(budgets[-1]) if len(budgets) <= MANY_BUDGETS \
         else float(np.quantile(pts.d, TOP_QUANTILE))
-    out = [Holdout(f"D/{k}", f"D<={top / k:,.0f} -> {top:,.0f}", cut=top / k, test_from=top)
-           for k in (2, 4)]
+    out += [Holdout(f"D/{k}", f"D<={top / k:,.0f} -> {top:,.0f}", cut=top / k, test_from=top)
+            for k in (2, 4)]
     if FORMS[form_name].per_size:
         return out
     labels = list(dict.fromkeys(pts.size))
@@ -94,8 +120,13 @@ def holdouts(pts: Points, form_name: str) -> list[Holdout]:
 
 def distance(h: Holdout, train: Points, test: Points) -> np.ndarray:
     """Decades (log10) each held-out run lies beyond the training data, in D or in N."""
-    if h.cut is not None:
-        return np.log10(test.d / train.d.max())
+    if h.per_run:  # beyond the same run's last training checkpoint
+        runs = train.runs()
+        last = {r: train.d[runs == r].max() for r in dict.fromkeys(runs)}
+        return np.log10(test.d / np.array([last.get(r, train.d.max()) for r in test.runs()]))
+    if h.cut is not None:  # beyond the largest training budget at the run's size, if trained
+        top = {n: train.d[train.n == n].max() for n in np.unique(train.n)}
+        return np.log10(test.d / np.array([top.get(n, train.d.max()) for n in test.n]))
     train_n = np.unique(train.n)
     ln = np.log10(test.n)[:, None] - np.log10(train_n)[None, :]
     return np.abs(ln).min(axis=1)
@@ -142,8 +173,6 @@ def _score(name: str, h: Holdout, pts: Points, draws: int, seed: int) -> _Scored
         fit = fit_form(name, train)
     except UserError as err:
         return {**base, "note": str(err)}
-    if fit.on_bound:
-        return {**base, "note": f"not identified: {', '.join(fit.on_bound)} on a bound"}
     pred = np.clip(fit.predict_log(test), -LN_CLIP, LN_CLIP)
     y_param, sigma = None, float("nan")
     if draws > 0:
@@ -154,9 +183,13 @@ def _score(name: str, h: Holdout, pts: Points, draws: int, seed: int) -> _Scored
                               -LN_CLIP, LN_CLIP)
     dist = distance(h, train, test)
     resid = np.log(test.loss) - pred
-    sd = np.full(len(test), np.nan) if y_param is None \
-        else np.sqrt(np.nanvar(y_param, axis=0) + sigma**2)
+    with warnings.catch_warnings():  # a per-size form has no prediction at an unseen size
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sd = np.full(len(test), np.nan) if y_param is None \
+            else np.sqrt(np.nanvar(y_param, axis=0) + sigma**2)
     loss_pred = exp_clipped(pred)
+    # A parameter on its bound is held there (the constrained optimum): scored, and said so.
+    bound = f"{', '.join(fit.on_bound)} held at a bound" if fit.on_bound else ""
     rows = []
     for i in range(len(test)):
         ppl, pred_ppl = float(np.exp(test.loss[i])), float(ppl_of_log_loss(pred[i]))
@@ -164,7 +197,9 @@ def _score(name: str, h: Holdout, pts: Points, draws: int, seed: int) -> _Scored
                      "sparsity": test.s[i], "loss": test.loss[i], "pred_loss": loss_pred[i],
                      "ppl": ppl, "pred_ppl": pred_ppl, "lo_ppl": np.nan, "hi_ppl": np.nan,
                      "distance": dist[i], "rel_err": pred_ppl / ppl - 1,
-                     "loss_rel_err": loss_pred[i] / test.loss[i] - 1, "note": ""})
+                     "loss_rel_err": loss_pred[i] / test.loss[i] - 1,
+                     "note": bound if np.isfinite(pred[i]) else
+                     f"no prediction at size {test.size[i]}: not among the training runs"})
     return _Scored(rows, y_param, sigma, dist, resid, sd)
 
 
@@ -240,6 +275,9 @@ def summarize(pred: pd.DataFrame, forms) -> pd.DataFrame:
                 skipped = sub[sub["rel_err"].isna()].drop_duplicates("split")
                 if len(skipped):
                     notes.append(f"{scheme}: {skipped['note'].iloc[0]}")
+                bound = scored.loc[scored["note"] != "", "note"]
+                if len(bound):
+                    notes.append(f"{scheme}: {bound.iloc[0]}")
         row["note"] = "; ".join(notes)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -247,10 +285,14 @@ def summarize(pred: pd.DataFrame, forms) -> pd.DataFrame:
 
 def comparable(pred: pd.DataFrame, forms) -> tuple[list[str], list[str]]:
     """(forms, token splits) to compare on: the splits every one of ``forms`` scored; while no
-    split is common, the form with the fewest scored splits is set aside."""
+    split is common, the form with the fewest scored splits is set aside. A form that scored
+    fewer than half as many held-out points as the best-scored one is set aside first: an error
+    on a split where it predicted one point of twenty says little."""
     tok = pred[pred["scheme"].isin(TOKEN_SCHEMES) & pred["rel_err"].notna()]
     done = {f: set(tok.loc[tok["form"] == f, "split"]) for f in forms}
-    cands = [f for f in forms if done[f]]
+    counts = tok["form"].value_counts()
+    most = max((int(counts.get(f, 0)) for f in forms), default=0)
+    cands = [f for f in forms if done[f] and 2 * int(counts.get(f, 0)) >= most]
     while cands:
         common = set.intersection(*(done[f] for f in cands))
         if common:
@@ -259,16 +301,60 @@ def comparable(pred: pd.DataFrame, forms) -> tuple[list[str], list[str]]:
     return [], []
 
 
-def choose_form(pred: pd.DataFrame, forms, unidentified=()) -> tuple[str, list[str]]:
+MISCALIBRATED_P = 0.01  # held-out coverage this improbable under the nominal level loses
+
+
+def miscalibrated(covered: pd.Series, level: float = DEFAULT_LEVEL) -> bool:
+    """Whether held-out coverage (0/1 per point, NaN: no interval) is far below ``level``: fewer
+    points covered than a binomial(n, level) gives with probability ``MISCALIBRATED_P``."""
+    cov = covered.dropna().astype(float)
+    return bool(len(cov)) and binom.cdf(int(cov.sum()), len(cov), level) < MISCALIBRATED_P
+
+
+def why_unscored(pred: pd.DataFrame, forms) -> str:
+    """Per form, the first reason none of its token splits was scored (the real cause)."""
+    tok = pred[pred["scheme"].isin(TOKEN_SCHEMES)]
+    out = []
+    for f in forms:
+        notes = tok.loc[(tok["form"] == f) & tok["rel_err"].isna(), ["split", "note"]]
+        if len(notes):
+            out.append(f"{f} on split {notes['split'].iloc[0]}: {notes['note'].iloc[0]}")
+    return "; ".join(out) or "no token split had runs below the largest budget"
+
+
+def choose_form(pred: pd.DataFrame, forms, unidentified=(),
+                level: float = DEFAULT_LEVEL) -> tuple[str, list[str]]:
     """The form with the lowest mean held-out loss ARE on the common token splits (PPL ARE, then
-    the name, break ties) and those splits; forms in ``unidentified`` are not chosen."""
-    cands, common = comparable(pred, [f for f in forms if f not in set(unidentified)])
+    the name, break ties) and those splits; a form whose held-out coverage there is far below
+    ``level`` (``miscalibrated``) ranks after every calibrated one; forms in ``unidentified``
+    are not chosen. A UserError names why no form was scored."""
+    usable = [f for f in forms if f not in set(unidentified)]
+    cands, common = comparable(pred, usable)
     if not cands:
-        raise UserError("no form could be validated: no held-out split was fitted identifiably "
-                        "(too few budgets below D/2)")
+        raise UserError(f"no form could be validated on a held-out token split: "
+                        f"{why_unscored(pred, usable)}")
     tok = pred[pred["split"].isin(common) & pred["form"].isin(cands) & pred["rel_err"].notna()]
     score = tok.assign(la=tok["loss_rel_err"].abs()).groupby("form")[["la", "are"]].mean()
-    return str(score.reset_index().sort_values(["la", "are", "form"])["form"].iloc[0]), common
+    if "covered" in tok:
+        bad = {f for f, g in tok.groupby("form") if miscalibrated(g["covered"], level)}
+        score["miscal"] = [f in bad for f in score.index]
+    else:
+        score["miscal"] = False
+    ranked = score.reset_index().sort_values(["miscal", "la", "are", "form"])
+    return str(ranked["form"].iloc[0]), common
+
+
+# When no held-out split can be scored, the law is the first of these the runs can fit (and
+# that predicts what is asked), marked "not validated": anchored forms with one shared exponent
+# pair first (fewest parameters), then the cross-size and per-size forms by parameter count.
+FALLBACK_ORDER = ("teacher_mul", "kd_ratio", "teacher_add", "frantar", "chinchilla", "kd_gap",
+                  "dense_gap", "loglinear", "power_d")
+
+
+def fallback_form(forms) -> str:
+    """The first of ``forms`` in ``FALLBACK_ORDER`` (forms not listed there come last)."""
+    order = {f: i for i, f in enumerate(FALLBACK_ORDER)}
+    return min(forms, key=lambda f: (order.get(f, len(order)), f))
 
 
 def candidate_forms(pts: Points, forms=None) -> tuple[list[str], dict[str, str]]:
@@ -283,8 +369,10 @@ def candidate_forms(pts: Points, forms=None) -> tuple[list[str], dict[str, str]]
     return ok, out
 
 
-def unidentified_forms(pts: Points, forms) -> dict[str, str]:
-    """Forms whose fit on all of ``pts`` fails or leaves a parameter on its bound, and why."""
+def unidentified_forms(pts: Points, forms, on_bound: dict | None = None) -> dict[str, str]:
+    """Forms whose fit on all of ``pts`` fails, and why. A fit with a parameter on its bound is
+    kept (the parameter is held at the bound); ``on_bound`` (if given) receives those parameters
+    per form."""
     out = {}
     for name in forms:
         try:
@@ -292,8 +380,8 @@ def unidentified_forms(pts: Points, forms) -> dict[str, str]:
         except UserError as err:
             out[name] = str(err)
             continue
-        if fit.on_bound:
-            out[name] = f"not identified: {', '.join(fit.on_bound)} on a bound"
+        if fit.on_bound and on_bound is not None:
+            on_bound[name] = list(fit.on_bound)
     return out
 
 

@@ -1,0 +1,46 @@
+"""Trajectories from castlab's own stores: every evaluated checkpoint of each run's curve.parquet
+as a point of its own (``castlab fit-law RESULTS --curves``).
+
+A checkpoint row copies its run's result row with the checkpoint's tokens, eval_loss and the
+learning rate it was evaluated at; all rows of one run keep its run_id, so validation holds out
+each run's last checkpoint and the bootstrap resamples runs whole (castlab.law.validate,
+castlab.law.bootstrap).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from castlab.errors import UserError
+
+CURVE_FILE = "curve.parquet"  # castlab.store.CURVE_FILE (not imported: keeps the law light)
+
+
+def with_curves(results: str | Path, rows: pd.DataFrame, method: str) -> pd.DataFrame:
+    """``rows`` with one extra row per intermediate evaluation in the curves of ``method``'s ok
+    runs (the final evaluation stays the result row itself). Runs without a curve, or whose
+    curve has no eval_loss, keep only their result row; that none has one is a UserError."""
+    root = Path(results)
+    extra, found = [], 0
+    keep = rows[(rows["status"] == "ok") & (rows["method"] == method)]
+    for _, row in keep.iterrows():
+        path = root / str(row["run_id"]) / CURVE_FILE
+        if not path.exists():
+            continue
+        curve = pd.read_parquet(path)
+        if "eval_loss" not in curve or "tokens" not in curve:
+            continue
+        ev = curve[curve["eval_loss"].notna() & (curve["tokens"] < float(row["tokens"]))]
+        found += 1
+        for _, c in ev.iterrows():
+            extra.append({**row.to_dict(), "tokens": float(c["tokens"]), "checkpoint": True,
+                          "eval_loss": float(c["eval_loss"]),
+                          "lr": float(c["lr"]) if "lr" in c and np.isfinite(c["lr"]) else np.nan})
+    if not found:
+        raise UserError(f"{root}: --curves: no {method} run has a {CURVE_FILE} with eval_loss")
+    if not extra:
+        return rows
+    return pd.concat([rows, pd.DataFrame(extra)], ignore_index=True)
