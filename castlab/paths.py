@@ -30,6 +30,11 @@ def check_output_dir(path: str | Path, where: str) -> Path:
     from castlab.errors import UserError
 
     path = Path(path).expanduser()
+    try:
+        path.resolve(strict=False)
+    except (RuntimeError, OSError) as err:  # 'Symlink loop from ...' (ELOOP on newer Pythons)
+        raise UserError(f"{where}: {path} cannot be resolved ({str(err)[:120]}); allowed a "
+                        "directory path without a symlink loop") from None
     if path.exists() and not path.is_dir():
         raise UserError(f"{where}: {path} is a file, allowed a directory")
     parent = path
