@@ -51,7 +51,7 @@ def _cells(df: pd.DataFrame, col: str, low: float, high: float, what: str) -> No
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise UserError(f"{col}: {int(bad.sum())} of {len(values)} rows outside {what} "
-                        f"[{low:g}, {high:g}] (first at row {first}: {df[col].iloc[first]!r})")
+                        f"[{low:g}, {high:g}] (first at row {first}: {values[first]:.4g})")
 
 
 def _losses(df: pd.DataFrame, col: str, is_ppl: bool) -> None:
@@ -85,7 +85,7 @@ def _sparsity(values: pd.Series, col: str) -> None:
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise UserError(f"{col}: {int(bad.sum())} of {len(s)} rows outside [0, 1) (first at "
-                        f"row {first}: {s[first]!r}); sparsity is a fraction of weights")
+                        f"row {first}: {s[first]:.4g}); sparsity is a fraction of weights")
 
 
 def checked_table(src: Path, args, cols) -> pd.DataFrame:
