@@ -326,6 +326,14 @@ def test_bad_command_lines(workdir, model_dirs):
     ({"results": "../../../../etc/x"}, "outside the working directory"),
     ({"seeds": list(range(2500))}, "plans up to 2,501 runs, more than the limit of 2,000"),
     ({"teacher": {"tokens": "1M", "seed": -1}}, "teacher.seed: got -1, allowed [0, 4.29497e+09]"),
+    ({"seeds": list(range(100_001))}, "holds more than 100,000 values, allowed fewer"),
+    ({"name": "n" * 300}, "(at most 100 characters)"),
+    ({"name": "fz\n"}, ".name: got 'fz\\n', allowed letters"),
+    ({"results": "results/a\nb"}, "allowed a directory path (no control characters"),
+    ({"models": ["../opt-tiny"]}, "models[0]: unknown model '../opt-tiny'"),
+    ({"budgets": ["1e-3k"]}, "budgets[0]: got '1e-3k' (1 tokens), allowed at least one training "
+                             "step of cast (batch_size x seq_len = 2,048 tokens)"),
+    ({"seeds": [0, 0, 0]}, ".seeds: 0 is listed twice"),
 ])
 def test_sweep_messages_name_the_field(workdir, content, fragment):
     path = write_sweep(workdir / "s.yaml", content)
