@@ -18,8 +18,27 @@ from pathlib import Path
 def cache_dir() -> Path:
     """The cache root: $CASTLAB_CACHE, else ~/.cache/castlab. Created on first use."""
     root = Path(os.environ.get("CASTLAB_CACHE", Path.home() / ".cache" / "castlab")).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in its place, an unwritable parent, a symlink loop
+        from castlab.errors import UserError
+
+        raise UserError(f"CASTLAB_CACHE: cannot use {root} as the cache folder "
+                        f"({err.strerror or err}); allowed a writable directory") from None
     return root
+
+
+def check_pack_output(out: Path, where: str) -> Path:
+    """``out`` as a pack file to (over)write: not a folder or device, its folder writable;
+    checked before a corpus is fetched or a teacher read."""
+    from castlab.errors import UserError
+
+    out = Path(out).expanduser()
+    if out.is_dir() or (out.exists() and not out.is_file()):
+        raise UserError(f"{where}: {out} is {'a directory' if out.is_dir() else 'not a file'}, "
+                        "allowed a file path to write the pack to")
+    check_output_dir(out.parent, where)
+    return out
 
 
 def check_output_dir(path: str | Path, where: str) -> Path:

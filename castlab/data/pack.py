@@ -24,7 +24,14 @@ from castlab.config import content_hash
 from castlab.data.corpus import CORPUS_SOURCES, PackageCorpus, corpus_cache_dir, load_corpus
 from castlab.data.tokenizer import get_tokenizer
 from castlab.errors import UserError
-from castlab.paths import cache_dir, pack_size, remove_tree, staging_dir, stream_pack
+from castlab.paths import (
+    cache_dir,
+    check_pack_output,
+    pack_size,
+    remove_tree,
+    staging_dir,
+    stream_pack,
+)
 
 
 def register_pack(commands: argparse._SubParsersAction) -> None:
@@ -51,21 +58,26 @@ def pack_corpus(name: str, vocab_size: int, out: Path) -> Path:
         packable = [k for k, v in CORPUS_SOURCES.items() if isinstance(v, PackageCorpus)]
         raise UserError(f"--corpus: '{name}' is not a named package corpus, allowed "
                         f"{', '.join(packable)}")
+    out = check_pack_output(out, "--out")
     corpus = load_corpus(name)  # fetches and cleans on first use
     _, tok_dir = get_tokenizer(corpus, vocab_size)
     root = cache_dir()
     docs = corpus_cache_dir(name) / "documents.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    with tarfile.open(tmp, "w:xz") as tar:
-        manifest = json.dumps({"corpus": name, "fingerprint": corpus.fingerprint,
-                               "tokenizer": str(tok_dir.relative_to(root))}).encode()
-        info = tarfile.TarInfo(MANIFEST)  # first: unpack checks it before the documents
-        info.size, info.mtime = len(manifest), int(time.time())
-        tar.addfile(info, io.BytesIO(manifest))
-        tar.add(docs, arcname=str(docs.relative_to(root)))
-        tar.add(tok_dir, arcname=str(tok_dir.relative_to(root)))
-    tmp.replace(out)
+    try:
+        with tarfile.open(tmp, "w:xz") as tar:
+            manifest = json.dumps({"corpus": name, "fingerprint": corpus.fingerprint,
+                                   "tokenizer": str(tok_dir.relative_to(root))}).encode()
+            info = tarfile.TarInfo(MANIFEST)  # first: unpack checks it before the documents
+            info.size, info.mtime = len(manifest), int(time.time())
+            tar.addfile(info, io.BytesIO(manifest))
+            tar.add(docs, arcname=str(docs.relative_to(root)))
+            tar.add(tok_dir, arcname=str(tok_dir.relative_to(root)))
+        tmp.replace(out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"--out: cannot write {out} ({err.strerror or err})") from None
     return out
 
 

@@ -93,6 +93,9 @@ def checked_table(src: Path, args, cols) -> pd.DataFrame:
     mapped table with a ``method`` column keeps the rows of ``--method``."""
     check_fit_args(args)
     src = Path(src)
+    if src.exists() and not (src.is_dir() or src.is_file()):
+        raise UserError(f"{src}: not a regular file (a device or FIFO), allowed a results "
+                        "directory, a .csv or a .parquet file")
     if src.is_file() and src.stat().st_size > MAX_TABLE_BYTES:
         raise UserError(f"{src}: {src.stat().st_size / 2**20:,.0f} MiB, allowed a table of at "
                         f"most {MAX_TABLE_BYTES / 2**20:,.0f} MiB")

@@ -27,6 +27,7 @@ from castlab.errors import UserError
 from castlab.paths import (
     MAX_PACK_MEMBERS,
     cache_dir,
+    check_pack_output,
     is_plain_name,
     pack_size,
     remove_tree,
@@ -80,6 +81,7 @@ def plan_teachers(sweep_file: Path) -> tuple[str, list]:
 def pack_teachers(sweep_file: Path, out: Path) -> tuple[Path, int]:
     """Write ``out`` (a gzip tar with a manifest) holding the sweep's teachers; returns
     (path, number of teachers)."""
+    out = check_pack_output(out, "teachers pack FILE")
     name, teachers = plan_teachers(sweep_file)
     root = cache_dir()
     entries, files = [], {}
@@ -94,13 +96,17 @@ def pack_teachers(sweep_file: Path, out: Path) -> tuple[Path, int]:
                            "files": files}, indent=1).encode()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
-        info = tarfile.TarInfo(MANIFEST)  # first, so unpack reads it before any weight
-        info.size, info.mtime = len(manifest), int(time.time())
-        tar.addfile(info, io.BytesIO(manifest))
-        for rel in files:
-            tar.add(root / rel, arcname=rel, recursive=False)
-    tmp.replace(out)
+    try:
+        with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
+            info = tarfile.TarInfo(MANIFEST)  # first, so unpack reads it before any weight
+            info.size, info.mtime = len(manifest), int(time.time())
+            tar.addfile(info, io.BytesIO(manifest))
+            for rel in files:
+                tar.add(root / rel, arcname=rel, recursive=False)
+        tmp.replace(out)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{out}: cannot write the pack ({err.strerror or err})") from None
     return out, len(entries)
 
 
