@@ -317,6 +317,7 @@ def _execute(cfg: TrainConfig, run_dir: Path, retry_failed: bool, echo: bool,
                 store.heartbeat(run_dir)
         except BaseException:
             _terminate(proc)
+            remove_temp_files(run_dir, proc.pid)  # a checkpoint cut off mid-write
             raise
         finally:
             finished.set()
