@@ -17,6 +17,7 @@ from castlab.sweep import runner
 
 FULL_DISK = r'''
 import errno, os, sys
+from pathlib import Path
 run_dir = Path(sys.argv[2])
 (run_dir / "checkpoint").mkdir(exist_ok=True)
 tmp = run_dir / "checkpoint" / f".state.pt.{os.getpid()}.tmp"
@@ -26,6 +27,7 @@ raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
 
 FINISHES = r'''
 import sys
+from pathlib import Path
 from castlab import store
 run_dir = Path(sys.argv[2])
 store.write_row(run_dir, {"run_id": run_dir.name, "status": "ok", "method": "cast",
