@@ -293,6 +293,9 @@ def load(path: str | Path, strict: bool = False) -> pd.DataFrame:
     UserError.
     """
     root = Path(path)
+    if root.is_symlink() and not root.exists():
+        raise UserError(f"{root}: a symlink that leads nowhere (a loop or a dangling link), "
+                        "allowed a results directory")
     if not root.exists():
         raise UserError(f"{root}: no such results directory")
     found = scan(root)

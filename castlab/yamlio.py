@@ -6,6 +6,7 @@ PyYAML keeps the last of duplicated keys silently and expands aliases without a 
 
 from __future__ import annotations
 
+import re
 import reprlib
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,8 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
     if not path.is_file():
         raise UserError(f"{path}: no such {what}")
     try:
-        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+        text = path.read_text()
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -89,6 +91,8 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
     except RecursionError:
         raise UserError(f"{path}: invalid YAML: nested too deeply") from None
     if expanded_size(data) > MAX_YAML_VALUES:
-        raise UserError(f"{path}: its aliases (*name) expand to more than {MAX_YAML_VALUES:,} "
-                        "values, allowed fewer (a sweep file needs a few hundred)")
+        aliases = re.search(r"(^|[\s\[{,:-])\*[^\s,\]}]", text) is not None
+        raise UserError(f"{path}: " + ("its aliases (*name) expand to" if aliases else "holds")
+                        + f" more than {MAX_YAML_VALUES:,} values, allowed fewer (a sweep file "
+                        "needs a few hundred)")
     return data

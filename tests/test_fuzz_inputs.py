@@ -89,7 +89,24 @@ def sweep_cases(tmp: Path) -> list[tuple[str, str | dict]]:
         ("batch 10^30", {"train": {"batch_size": 10**30}}),
         ("seq_len 10^9", {"train": {"seq_len": 10**9}}),
         ("teacher seed -1", {"teacher": {"tokens": "1M", "seed": -1}}),
+        # round 3 (issue 25): names and paths that reach the file system, quiet merges
+        ("name with newline", {"name": "fz\nx"}),
+        ("name ending in newline", {"name": "fz\n"}),
+        ("name 300 characters", {"name": "n" * 300}),
+        ("results with newline", {"results": "results/a\nb"}),
+        ("results folder name 300 bytes", {"results": "results/" + "r" * 300}),
+        ("results a symlink loop", {"results": "loop"}),
+        ("models ../opt-tiny", {"models": ["../opt-tiny"], "train": {"lr": 1e-4}}),
+        ("models ./org/name", {"models": ["./facebook/opt-125m"], "train": {"lr": 1e-4}}),
+        ("budget '1e-3k' (1 token)", {"budgets": ["1e-3k"]}),
+        ("budget 100 (< one step)", {"budgets": [100]}),
+        ("teacher tokens 10 (< one step)", {"teacher": {"tokens": 10}}),
+        ("seeds [0, 0, 0]", {"seeds": [0, 0, 0]}),
+        ("extra seeds [1, 1]", {"extra_seeds": [{"seeds": [1, 1]}]}),
     ]
+    loop = tmp / "loop"
+    if not loop.is_symlink():
+        loop.symlink_to("loop")
     for name in _float_fields():
         cases.append((f"train.{name} nan", {"train": {name: float("nan")}}))
         cases.append((f"train.{name} inf", {"train": {name: float("inf")}}))
@@ -309,6 +326,14 @@ def test_bad_command_lines(workdir, model_dirs):
     ({"results": "../../../../etc/x"}, "outside the working directory"),
     ({"seeds": list(range(2500))}, "plans up to 2,501 runs, more than the limit of 2,000"),
     ({"teacher": {"tokens": "1M", "seed": -1}}, "teacher.seed: got -1, allowed [0, 4.29497e+09]"),
+    ({"seeds": list(range(100_001))}, "holds more than 100,000 values, allowed fewer"),
+    ({"name": "n" * 300}, "(at most 100 characters)"),
+    ({"name": "fz\n"}, ".name: got 'fz\\n', allowed letters"),
+    ({"results": "results/a\nb"}, "allowed a directory path (no control characters"),
+    ({"models": ["../opt-tiny"]}, "models[0]: unknown model '../opt-tiny'"),
+    ({"budgets": ["1e-3k"]}, "budgets[0]: got '1e-3k' (1 tokens), allowed at least one training "
+                             "step of cast (batch_size x seq_len = 2,048 tokens)"),
+    ({"seeds": [0, 0, 0]}, ".seeds: 0 is listed twice"),
 ])
 def test_sweep_messages_name_the_field(workdir, content, fragment):
     path = write_sweep(workdir / "s.yaml", content)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from castlab.cli import main
+from castlab.law.predict import checksum
 from castlab.law.synthetic import TEACHER, synthetic_case
 from castlab.law.validate import heldout_table
 
@@ -160,16 +161,23 @@ def test_law_json_edited_or_relabelled_is_refused(fitted, tmp_path, capsys):
     code, _, err = run(["predict", "--law", str(tmp_path / "r.json"), "--model", "s1m",
                         "--tokens", "5M"], capsys)
     assert code == 2 and err.count("\n") == 1 and "does not match its checksum" in err
-    del relabelled["checksum"]  # no checksum: the form must still agree with the parameters
+    del relabelled["checksum"]  # no checksum: refused (law.json integrity is mandatory)
     (tmp_path / "r.json").write_text(json.dumps(relabelled))
     code, _, err = run(["predict", "--law", str(tmp_path / "r.json"), "--model", "s1m",
                         "--tokens", "5M"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "not a castlab law.json" in err
+    assert code == 2 and err.count("\n") == 1 and "has no checksum" in err
+    assert "refit with `castlab fit-law" in err
+    relabelled["checksum"] = checksum(relabelled)  # a valid checksum: the schema still holds
+    (tmp_path / "r.json").write_text(json.dumps(relabelled))
+    code, _, err = run(["predict", "--law", str(tmp_path / "r.json"), "--model", "s1m",
+                        "--tokens", "5M"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "fit.theta" in err
     unknown = {**relabelled, "fit": {**law["fit"], "form": "cubic"}}
+    unknown["checksum"] = checksum(unknown)
     (tmp_path / "r.json").write_text(json.dumps(unknown))
     code, _, err = run(["predict", "--law", str(tmp_path / "r.json"), "--model", "s1m",
                         "--tokens", "5M"], capsys)
-    assert code == 2 and "unknown form 'cubic'" in err
+    assert code == 2 and "fit.form: got 'cubic', allowed one of power_d" in err
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -228,7 +236,7 @@ def test_few_points_law_says_plainly_there_is_no_interval(tmp_path, capsys):
     assert code == 0, err
     law = json.loads((tmp_path / "law" / "law.json").read_text())
     law["bootstrap"]["sigma"] = float("nan")  # what a fit with no residual dof stores
-    del law["checksum"]
+    law["checksum"] = checksum(law)
     (tmp_path / "nan.json").write_text(json.dumps(law))
     code, out, _ = run(["predict", "--law", str(tmp_path / "nan.json"), "--model",
                         law["fit"]["groups"][0], "--tokens", "64M", "--target-ppl", "40"], capsys)

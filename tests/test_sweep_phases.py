@@ -202,7 +202,7 @@ def test_unpack_refuses_a_corrupt_or_foreign_pack(sweep, tmp_path, monkeypatch):
     _rewrite(pack, tmp_path / "bad.tar.gz", flip)
     code, _, err = sweep("teachers", "unpack", str(tmp_path / "bad.tar.gz"))
     assert code == 2 and f"{weights} fails its checksum" in err and "nothing installed" in err
-    assert not [p for p in (tmp_path / "node" / "teachers").iterdir()]  # staging removed too
+    assert sorted(p.name for p in (tmp_path / "node").iterdir()) == []  # staging removed too
 
     def extra(name, data):
         return [(name, data)] + ([("teachers/evil.py", b"import os")] if name == weights else [])

@@ -128,7 +128,7 @@ def test_lambda_per_budget_and_xp_budgets(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({
         "name": "t", "models": ["opt-tiny"], "methods": ["cast", "magnitude"],
-        "budgets": ["10xP", "2M"], "lambda_": [0.5, "auto"], "seeds": [0, 0, 3],
+        "budgets": ["10xP", "2M"], "lambda_": [0.5, "auto"], "seeds": [0, 3],
         "teacher": {"tokens": "100k"}, "train": {"batch_size": 4}}))
     plan = build_plan(load_sweep(path))
     runs = {(r.config.method, r.config.tokens, r.config.seed): r.config for r in plan[1:]}

@@ -14,8 +14,10 @@ from castlab.errors import UserError
 from castlab.law.bootstrap import DEFAULT_DRAWS, DEFAULT_LEVEL, bootstrap, param_summary
 from castlab.law.fit import fit_form
 from castlab.law.forms import FORMS, get_form
-from castlab.law.points import ColumnMap, check_fittable, points_from_frame, read_table
+from castlab.law.lawfile import check_predict_args
+from castlab.law.points import ColumnMap, check_fittable, points_from_frame
 from castlab.law.predict import Law
+from castlab.law.tablecheck import checked_table
 from castlab.law.targets import forms_that_can, missing, parse_targets
 from castlab.law.validate import (
     FALLBACK_ORDER,
@@ -122,7 +124,7 @@ def fit_law_command(args) -> int:
     src = Path(args.path)
     cols = _columns(args)
     out = _out_dir(args, src)
-    frame = read_table(src)
+    frame = checked_table(src, args, cols)
     if args.curves:
         if cols is not None or not src.is_dir():
             raise UserError("--curves: reads a castlab results directory's curve.parquet files; "
@@ -250,6 +252,7 @@ def predict_command(args) -> int:
     """castlab predict: PPL with interval at budgets, and/or tokens needed for a target PPL."""
     if args.tokens is None and args.target_ppl is None:
         raise UserError("give --tokens 5M,20M and/or --target-ppl X")
+    check_predict_args(args)  # castlab.law.lawfile
     law = Law.load(args.law)
     label, n = law.resolve(args.model, args.n)
     who = f"{label or 'N'} (N={n:.4g})"

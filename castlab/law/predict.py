@@ -20,6 +20,7 @@ from castlab.errors import UserError
 from castlab.law.bootstrap import DEFAULT_LEVEL, Bootstrap, interval, predictive_draws
 from castlab.law.fit import Fit
 from castlab.law.forms import FORMS, Scales
+from castlab.law.lawfile import read_law
 from castlab.law.points import Points
 from castlab.law.validate import LN_CLIP, exp_clipped, ppl_of_log_loss
 
@@ -97,7 +98,7 @@ class Law:
         if path.is_dir():
             raise UserError(f"--law: {path} is a directory; give the law.json inside it")
         try:
-            d = json.loads(path.read_text())
+            d = read_law(path)  # castlab.law.lawfile: bounded read, schema, checksum required
             if "checksum" in d and d["checksum"] != checksum(d):
                 raise UserError(f"--law: {path} does not match its checksum (edited after "
                                 "fit-law wrote it); refit with castlab fit-law")

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import runpy
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,12 +116,43 @@ def _run_python_command(argv: list[str], env: dict[str, str], log_path: str, swe
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     os.environ.clear()
     os.environ.update(env)
-    if argv[0] == "-m":
-        sys.argv = [argv[1], *argv[2:]]
-        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
-    else:
-        sys.argv = list(argv)
-        runpy.run_path(argv[0], run_name="__main__")
+    try:
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(argv)
+            runpy.run_path(argv[0], run_name="__main__")
+    except (OSError, RuntimeError) as err:
+        if not _looks_disk_full(err, Path(log_path).parent):
+            raise
+        # one line, not torch's C++ traceback: the sweep's reason for this run
+        print(f"castlab train: error: {DISK_FULL} ({str(err).splitlines()[0][:160]})",
+              file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)
+
+
+DISK_FULL = "disk full"
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+def _looks_disk_full(err: BaseException | str, folder: Path) -> bool:
+    """ENOSPC/EDQUOT, or torch.save's 'file write failed' while the run's disk is nearly full
+    (torch reports ENOSPC as ``enforce fail at inline_container.cc``, without the errno)."""
+    from castlab.paths import disk_full
+
+    if isinstance(err, BaseException) and disk_full(err):
+        return True
+    text = str(err)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return True
+    if "file write failed" in text or "inline_container.cc" in text:
+        try:
+            return shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+        except OSError:
+            return False
+    return False
 
 
 class _ForkedChild:
@@ -134,6 +166,10 @@ class _ForkedChild:
     @property
     def returncode(self) -> int | None:
         return self.process.exitcode
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
 
     def poll(self) -> int | None:
         return self.process.exitcode
@@ -169,13 +205,33 @@ def _start_child(command: list[str], log_path: Path, env: dict[str, str] | None 
     return _ForkedChild(command[1:], _child_env(env), log_path)
 
 
-def _failure_reason(returncode: int, tail: deque) -> str:
+def _failure_reason(returncode: int, tail: deque, run_dir: Path | None = None) -> str:
     if returncode < 0:
         name = signal.Signals(-returncode).name
         hint = " (out of memory?)" if returncode == -signal.SIGKILL else ""
         return f"child process killed by {name}{hint}"
+    text = "\n".join(line.decode(errors="replace") for line in tail)
+    if run_dir is not None and (f"error: {DISK_FULL}" in text or _looks_disk_full(text, run_dir)):
+        line = next((ln for ln in reversed(text.splitlines()) if DISK_FULL in ln
+                     or "No space left" in ln or "file write failed" in ln), "")
+        return f"{DISK_FULL}: the run could not write its files ({line.strip()[-200:]})"
     last = tail[-1].decode(errors="replace").strip() if tail else "no output"
     return f"child process exited with code {returncode}: {last}"
+
+
+def remove_temp_files(run_dir: Path, pid: int | None) -> list[Path]:
+    """Remove the ``.NAME.<pid>.tmp`` files a killed or failed child (``pid``) left in its run
+    folder (checkpoint and eval-cache writes are temp file + rename; a crash between the two
+    leaves the temp file, up to a checkpoint's size)."""
+    if pid is None or not run_dir.is_dir():
+        return []
+    removed = []
+    for path in run_dir.rglob(f"*.{pid}.tmp"):
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _write_failed_row(cfg: TrainConfig, run_dir: Path, reason: str, seconds: float) -> None:
@@ -204,10 +260,25 @@ def execute_run(config: dict[str, Any] | TrainConfig, run_dir: str | Path,
 
     ``echo`` passes the child's output (its progress bar) through to this process's stderr;
     ``env`` is added to the child's environment (the local backend's CUDA_VISIBLE_DEVICES).
-    KeyboardInterrupt terminates the child, releases the lock and propagates.
+    KeyboardInterrupt terminates the child, releases the lock and propagates. A run folder this
+    process cannot write (permissions, a file in its place, a full disk) fails this run only,
+    with one line on stderr: the sweep goes on with the others.
     """
     cfg = config if isinstance(config, TrainConfig) else from_dict(TrainConfig, config)
     run_dir = Path(run_dir)
+    try:
+        return _execute(cfg, run_dir, retry_failed, echo, env)
+    except OSError as err:
+        why = DISK_FULL if _looks_disk_full(err, run_dir.parent) else (err.strerror or str(err))
+        print(f"castlab sweep: run {run_dir.name} failed: cannot write "
+              f"{err.filename or run_dir} ({why}); the other runs go on", file=sys.stderr)
+        with contextlib.suppress(OSError, Exception):
+            _write_failed_row(cfg, run_dir, f"cannot write the run folder: {why}", 0.0)
+        return "failed"
+
+
+def _execute(cfg: TrainConfig, run_dir: Path, retry_failed: bool, echo: bool,
+             env: dict[str, str] | None) -> Outcome:
     state = store.run_state(run_dir)
     if state in ("done", "failed") and not store.lock_is_live(run_dir):
         store.clear_running(run_dir)  # left by a runner killed after its child wrote the row
@@ -246,12 +317,14 @@ def execute_run(config: dict[str, Any] | TrainConfig, run_dir: str | Path,
                 store.heartbeat(run_dir)
         except BaseException:
             _terminate(proc)
+            remove_temp_files(run_dir, proc.pid)  # a checkpoint cut off mid-write
             raise
         finally:
             finished.set()
             follow.join(timeout=5)
+        remove_temp_files(run_dir, proc.pid)
         if not (run_dir / store.RESULT_FILE).exists():
-            reason = _failure_reason(proc.returncode, tail)
+            reason = _failure_reason(proc.returncode, tail, run_dir)
             if proc.returncode == 0:
                 reason = "trainer exited without writing a result row"
             _write_failed_row(cfg, run_dir, reason, time.time() - started)

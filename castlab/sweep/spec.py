@@ -36,6 +36,8 @@ TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 _MULTIPLE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[xX]\s*P\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_MULTIPLE = 1e6  # '20xP' budgets: at most a million tokens per in-scope parameter
+MAX_NAME = 100  # the name is a folder and part of run ids: file systems allow 255 bytes a part
+_HUB_PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}"
 
 
 def parse_budget(value: Any, where: str) -> int | float:
@@ -67,7 +69,8 @@ def is_hf_name(model: str) -> bool:
     path = Path(model).expanduser()
     if path.exists():  # a local path must be a model directory, whatever its name looks like
         return is_model_dir(model)
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", model) is not None
+    # 'org/name' only: '../x', './x', '~/x' are paths that do not exist, not hub names
+    return re.fullmatch(f"{_HUB_PART}/{_HUB_PART}", model) is not None and ".." not in model
 
 
 @dataclass
@@ -124,8 +127,10 @@ class SweepSpec:
 
     def validate(self, where: str) -> None:
         """Cross-field checks; fills ``parsed_budgets``, ``method_specs`` and ``backend_options``."""
-        if not _NAME.match(self.name):
-            raise UserError(f"{where}.name: got {show(self.name)}, allowed letters, digits, '_', '.', '-'")
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name) \
+                or len(self.name) > MAX_NAME:
+            raise UserError(f"{where}.name: got {show(self.name)}, allowed letters, digits, '_', "
+                            f"'.', '-' (at most {MAX_NAME} characters)")
         if not self.models:
             raise UserError(f"{where}.models: empty, allowed one or more ladder presets "
                             f"({', '.join(PRESETS)}) or HF names like facebook/opt-125m")
@@ -203,10 +208,15 @@ class SweepSpec:
     def _validate_seeds(self, where: str) -> None:
         if not self.seeds:
             raise UserError(f"{where}.seeds: empty, allowed a list of integers like [0]")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"{where}.seeds: {_first_duplicate(self.seeds)} is listed twice "
+                            "(a seed is one run per cell; more runs need more seeds)")
         for i, extra in enumerate(self.extra_seeds):
             w = f"{where}.extra_seeds[{i}]"
             if not extra.seeds:
                 raise UserError(f"{w}.seeds: empty, allowed a list of integers")
+            if len(set(extra.seeds)) != len(extra.seeds):
+                raise UserError(f"{w}.seeds: {_first_duplicate(extra.seeds)} is listed twice")
             for j, model in enumerate(extra.models or []):
                 if model not in self.models:
                     raise UserError(f"{w}.models[{j}]: '{model}' is not in models")
@@ -247,11 +257,31 @@ class SweepSpec:
             base = {"method": spec.name, "model": self.models[0], "init": "teacher",
                     "corpus": self.corpus, "vocab_size": self.vocab_size,
                     "tokens": 0 if spec.name in ONESHOT_METHODS else 1}
-            from_dict(TrainConfig, {**base, **data}, where=f"{where}.train")
+            cfg = from_dict(TrainConfig, {**base, **data}, where=f"{where}.train")
+            self._check_one_step(spec, cfg.seq_len * cfg.batch_size, where)
         if presets:
             data = {**self.train, **self.eval_settings(where), **teacher_extra}
-            from_dict(TrainConfig, {"method": "dense", "model": presets[0], "tokens": 1, **data},
-                      where=f"{where}.teacher")
+            cfg = from_dict(TrainConfig, {"method": "dense", "model": presets[0], "tokens": 1,
+                                          **data}, where=f"{where}.teacher")
+            tokens = parse_budget(self.teacher["tokens"], f"{where}.teacher.tokens")
+            if isinstance(tokens, int) and tokens < cfg.seq_len * cfg.batch_size:
+                raise UserError(f"{where}.teacher.tokens: got {show(self.teacher['tokens'])} "
+                                f"({tokens:,} tokens), allowed at least one training step "
+                                f"(batch_size x seq_len = {cfg.seq_len * cfg.batch_size:,})")
+
+    def _check_one_step(self, spec: MethodSpec, step: int, where: str) -> None:
+        """A trained method's absolute budgets hold at least one optimizer step of tokens
+        ('1e-3k' parses to 1 token: a run that trains on one batch and claims a budget)."""
+        if spec.name not in TRAINED_METHODS:
+            return
+        field = f"methods[{self.method_specs.index(spec)}].budgets" if spec.budgets else "budgets"
+        raw = spec.budgets if spec.budgets else self.budgets
+        for i, value in enumerate(raw):
+            tokens = parse_budget(value, f"{where}.{field}[{i}]")
+            if isinstance(tokens, int) and tokens < step:
+                raise UserError(f"{where}.{field}[{i}]: got {show(value)} ({tokens:,} tokens), "
+                                f"allowed at least one training step of {spec.name} "
+                                f"(batch_size x seq_len = {step:,} tokens)")
 
     def _validate_backend(self, where: str) -> None:
         if isinstance(self.backend, str):
@@ -273,9 +303,14 @@ class SweepSpec:
         ``castlab sweep --results DIR`` on the command line overrides either."""
         if self.results is None:
             return
-        if not self.results.strip() or "\0" in self.results:
-            raise UserError(f"{where}.results: got {show(self.results)}, allowed a directory path")
-        path = Path(self.results).expanduser()
+        if (not isinstance(self.results, str) or not self.results.strip()
+                or any(ord(c) < 32 or ord(c) == 127 for c in self.results)
+                or len(self.results) > 4096
+                or any(len(part.encode()) > 255 for part in Path(self.results).parts)):
+            raise UserError(f"{where}.results: got {show(self.results)}, allowed a directory path "
+                            "(no control characters such as a newline; at most 255 bytes per "
+                            "folder name)")
+        path = check_output_dir(Path(self.results).expanduser(), f"{where}.results")
         resolved = path.resolve()
         if not path.is_absolute() and not resolved.is_relative_to(Path.cwd().resolve()):
             raise UserError(f"{where}.results: {show(self.results)} resolves to {resolved}, "
