@@ -553,7 +553,7 @@ def test_method_filters_a_mapped_table(tmp_path, monkeypatch):
     for method in ("cast", "dense"):
         code, out, err, _ = call([*argv, "--method", method, "--out", str(tmp_path / method)])
         assert code == 0, err
-        assert "12 runs (mapped columns)" in out  # not 24: the other method's rows are left out
+        assert "12 points (mapped columns)" in out  # not 24: the other method's rows are left out
         law = json.loads((tmp_path / method / "law.json").read_text())
         assert law["data"]["runs"] == 12
     cast = json.loads((tmp_path / "cast" / "law.json").read_text())["params"]
