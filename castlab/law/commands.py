@@ -121,7 +121,8 @@ def fit_law_command(args) -> int:
     src = Path(args.path)
     cols = _columns(args)
     out = _out_dir(args, src)
-    pts = points_from_frame(read_table(src), args.method, cols, where=str(src))
+    frame = read_table(src)
+    pts = points_from_frame(frame, args.method, cols, where=str(src))
     if args.form == "auto":
         forms, excluded = candidate_forms(pts)
         if not forms:
@@ -132,6 +133,11 @@ def fit_law_command(args) -> int:
     what = f"method {args.method}" if cols is None else "mapped columns"
     print(f"castlab fit-law: {len(pts)} runs ({what}), {len(set(pts.size))} sizes, "
           f"{len(np.unique(pts.d))} budgets from {src}")
+    if cols is None:  # a castlab store: what its checks flag (unconverged teacher, decay left)
+        from castlab.sweep.commands import flagged_lines
+
+        for line in flagged_lines(frame):
+            print(line)
     taus: dict[str, float] = {}
     preds = heldout_predictions(pts, forms, args.heldout_draws, args.level, args.seed, taus)
     table = summarize(preds, forms)
