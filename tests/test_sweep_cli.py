@@ -111,6 +111,9 @@ def test_sweep_ends_with_the_checks_line(tmp_path, call):
     # the stand-in's rows carry no teacher PPL: the check says it did not run
     assert ("checks: no run flagged: teacher convergence not checked (no dense-kd row with its "
             "teacher's PPL)") in out
+    # castlab status ends with the same checks
+    code, status, _ = call(sweep, "status", str(sweep.results))
+    assert code == 0 and "checks: no run flagged: teacher convergence not checked" in status
 
 
 # ---- status --json / --csv ---------------------------------------------------------------

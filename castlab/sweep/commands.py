@@ -189,7 +189,8 @@ def _cmd_sweep(args) -> int:
     todo = [r for r in plan if states[r.run_id] in todo_states]
     print_skipped(plan, states, todo, spec, args.retry_failed)
     # --quiet shows no progress lines: skip the estimate (it may time a few steps per preset)
-    every = {} if args.quiet or not todo else plan_estimates(todo)
+    # (of the whole plan, as the dry run: done runs' rows are what the rates come from)
+    every = {} if args.quiet or not todo else plan_estimates(plan)
     estimates = {r.run_id: every.get(r.run_id) or 0.0 for r in todo}
     started = time.time()
     # 'run k/N' counts the runs this invocation has to do; the skipped ones get no line
@@ -353,6 +354,8 @@ def status_table(root: Path) -> str:
         lines.append(f"{skipped.parent.name:<22} duplicate of {run_id}, not counted  ({skipped}; "
                      f"kept {kept})")
     lines.extend(convergence_check(rows))
+    # the other checks (the teacher's is the line above): unfinished decays, failures, or a pass
+    lines.extend(line for line in flagged_lines(rows) if not line.startswith("flagged: teacher"))
     states = _state_counts(rows, unfinished, found)
     dupes = f"; {len(found.duplicates)} duplicate folders skipped" if found.duplicates else ""
     lines.append(f"{sum(states.values())} runs: "
