@@ -243,3 +243,33 @@ def test_whole_steps_keep_every_nominal_halving_below_its_cut(per_step):
         assert 0 < top - whole_steps(top, per_step) < per_step or whole_steps(top, per_step) \
             in (top, per_step)
     assert math.gcd(whole_steps(3 * per_step + 1, per_step), per_step) == per_step
+
+
+def test_a_run_another_sweep_holds_does_not_collapse_the_eta(monkeypatch, tmp_path, capsys):
+    """Two sweeps on one plan: a run the other holds returns 'running' at once; counting it as
+    executed (0 s against its estimate) scaled every later ETA to ~0 ('ETA 0s' was printed)."""
+    import time
+
+    from castlab.config import TrainConfig
+    from castlab.sweep import backends
+    from castlab.sweep.plan import PlannedRun
+    from castlab.sweep.progress import SweepProgress
+
+    outcomes = {"r0": "running", "r1": "done", "r2": "done"}
+
+    def fake_execute(config, run_dir, retry_failed, echo=True, env=None):
+        time.sleep(0.2 if outcomes[Path(run_dir).name] == "done" else 0.0)
+        return outcomes[Path(run_dir).name]
+
+    monkeypatch.setattr(backends, "execute_run", fake_execute)
+    monkeypatch.setattr(backends, "visible_gpus", lambda: [])
+    runs = [PlannedRun(TrainConfig(method="dense", model="opt-tiny", seed=i, device="cpu"),
+                       tmp_path / f"r{i}", "run") for i in range(3)]
+    tracker = SweepProgress(total=3, estimates={"r0": 100.0, "r1": 100.0, "r2": 100.0})
+    backend = backends.LocalBackend(progress=True)
+    backend.tracker = tracker
+    backend.execute(runs, retry_failed=False)
+    headers = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[run")]
+    assert len(headers) == 3
+    assert "ETA 3m20s]" in headers[1]  # r1, r2 left at their estimates: nothing measured yet
+    assert tracker.spent_estimate == 200.0  # r1 and r2 only
