@@ -48,3 +48,13 @@ def positive_float(text: str) -> float:
 def finite_float(text: str) -> float:
     """Any finite number (range checks happen in the config that receives it)."""
     return _number(text, float)
+
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"  # checked by castlab.device.check_device_spec
+
+
+def add_device_argument(parser, default: str = "auto") -> None:
+    """``--device`` for a command that runs a model (validated when the command resolves it)."""
+    parser.add_argument("--device", default=default,
+                        help=f"where the model runs: {DEVICE_CHOICES} (default: {default}; "
+                             "auto = CUDA when visible)")

@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from castlab.errors import UserError
 
 
@@ -42,6 +40,8 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
 def measure_dense_throughput(preset: str, steps: int = 12, batch: int = 16, seq_len: int = 128,
                              vocab: int = 8192) -> float:
     """Tokens/s of fp32 dense AdamW training of a ladder preset on random tokens."""
+    import torch
+
     from castlab.models import build_preset
 
     model = build_preset(preset, vocab_size=vocab)
@@ -87,6 +87,8 @@ def bench_cast_step(preset: str = "opt-1.3m", batch: int = 16, seq_len: int = 12
                     vocab: int = 8192, repeats: int = 10) -> list[dict]:
     """One CAST step vs one AdamW step + frozen-teacher forward + KL on the same model and batch."""
     import copy
+
+    import torch
 
     from castlab.config import TrainConfig
     from castlab.methods import make_method
@@ -198,6 +200,8 @@ def measure_cast_memory(preset: str = "opt-3m", batch: int = 2, seq_len: int = 6
     ``meter``: "rss" (resident set growth) or "live" (peak of live tensors).
     """
     import copy
+
+    import torch
 
     from castlab.config import TrainConfig
     from castlab.methods import make_method

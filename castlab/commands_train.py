@@ -6,9 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from castlab.argtypes import positive_int
+from castlab.argtypes import add_device_argument, positive_int
 from castlab.config import METHODS, TrainConfig, from_dict, load_yaml, to_dict
-from castlab.device import add_device_argument
 from castlab.errors import UserError
 from castlab.paths import check_output_dir
 

@@ -19,9 +19,10 @@ import re
 
 import torch
 
+# the --device flag lives with the other argparse helpers: command parsers build without torch
+from castlab.argtypes import DEVICE_CHOICES, add_device_argument  # noqa: F401 - re-exported
 from castlab.errors import UserError
 
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 _SPEC = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -148,8 +149,3 @@ def distributed_backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def add_device_argument(parser, default: str = "auto") -> None:
-    """``--device`` for a command that runs a model (validated when the command resolves it)."""
-    parser.add_argument("--device", default=default,
-                        help=f"where the model runs: {DEVICE_CHOICES} (default: {default}; "
-                             "auto = CUDA when visible)")

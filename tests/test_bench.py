@@ -63,3 +63,31 @@ def test_live_tensor_peak_is_the_largest_sum_of_live_tensors():
     peak = meter.stop()
     assert (1 << 20) * 12 <= peak < (1 << 20) * 12 + (1 << 16)
     del b, c
+
+
+def test_optimizer_ratio_agrees_with_the_times_it_prints(monkeypatch):
+    """Scripted window times where the median of per-window ratios (2.0) and the ratio of the
+    median times (361/226 = 1.597) differ, as under load: the row's ratio is the one the
+    printed times give, and the note shows the spread of both."""
+    import re
+
+    from castlab.sparsity import bench as optbench
+
+    # per window (after 2 warm-up rounds): AdamS, AdamW(foreach), AdamW(fused) seconds per step
+    adams = [0.300, 0.361, 0.500, 0.452, 0.340]
+    foreach = [0.150, 0.226, 0.250, 0.226, 0.400]
+    fused = [0.100, 0.120, 0.200, 0.150, 0.180]
+    script = iter([0.1] * 6 + [t for window in zip(adams, foreach, fused, strict=True)
+                                 for t in window])
+    monkeypatch.setattr(optbench, "_window", lambda optimizer, steps, device: next(script))
+    rows = optbench.run_optimizer_bench(shapes=((4, 8),), windows=5, t1=2, device="cpu")
+    row = rows[0]
+    assert row["measured"] == pytest.approx(0.361 / 0.226, abs=1e-3)  # median(AdamS)/median(ref)
+    s_ms, w_ms = (float(x) for x in re.findall(r"AdamS ([\d.]+) ms .*?\) / AdamW\(foreach\) "
+                                                r"([\d.]+) ms", row["note"])[0])
+    assert (s_ms, w_ms) == (361.0, 226.0)
+    assert row["measured"] == pytest.approx(s_ms / w_ms, abs=1e-3)
+    # spreads: quartiles of the times and of the paired per-window ratios (2, 1.597, 2, 2, 0.85)
+    assert "IQR 340.0-452.0" in row["note"] and "IQR 226.0-250.0" in row["note"]
+    assert "per-window ratio median 2.00 (IQR 1.60-2.00)" in row["note"]
+    assert rows[1]["measured"] == pytest.approx(0.361 / 0.150, abs=1e-3)

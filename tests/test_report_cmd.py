@@ -79,7 +79,6 @@ def test_report_has_law_tables_and_figures(synthetic_report):
     text = path.read_text()
     assert "Chosen form: **" in text
     assert "| 90% coverage |" in text and "| D/4 -> D |" in text
-    assert "leave one size out" in text
     assert "issue" not in text.lower()  # the report speaks of the study
     for name in ("ppl_vs_tokens.png", "pred_vs_actual.png", "residuals_vs_extrapolation.png"):
         assert f"]({name})" in text
@@ -190,3 +189,22 @@ def test_missing_results_is_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope" in err
+
+
+def test_heldout_text_describes_only_the_splits_its_table_lists(synthetic_report):
+    """A one-size study has no leave-one-size-out split: the paragraph above the table must not
+    describe one (the smoke report mentioned 'every token split' and 'leave one size out' with
+    neither in its table)."""
+    from castlab.report.render import heldout_text
+
+    text = heldout_text(["D/4 -> D", "D/2 -> D"], 0.9)
+    assert "`D/4 -> D`: the largest budget D from budgets at most D/4" in text
+    assert "`D/2 -> D`" in text and "90% prediction interval" in text
+    assert "every token split" not in text and "leave one size out" not in text
+    # the rendered report: its paragraph names exactly the splits of its held-out table
+    report = synthetic_report[1].read_text()
+    section = report[report.index("### Held-out error"):]
+    paragraph, table = section.split("\n\n")[1], section.split("\n\n")[2]
+    splits = {row.split(" | ")[1] for row in table.splitlines()[2:]}
+    for label in ("D/4 -> D", "D/2 -> D", "every token split", "leave one size out"):
+        assert (f"`{label}`" in paragraph) == (label in splits), label

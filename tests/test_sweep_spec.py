@@ -133,11 +133,12 @@ def test_lambda_per_budget_and_xp_budgets(tmp_path):
     plan = build_plan(load_sweep(path))
     runs = {(r.config.method, r.config.tokens, r.config.seed): r.config for r in plan[1:]}
     in_scope = count_parameters(build_preset("opt-tiny", vocab_size=8192)).in_scope
+    two_m = 3906 * 4 * 128  # '2M' rounded down to whole steps of 4 x 128 tokens (plan.whole_steps)
     assert sorted(runs) == sorted([("cast", 10 * in_scope, 0), ("cast", 10 * in_scope, 3),
-                                   ("cast", 2_000_000, 0), ("cast", 2_000_000, 3),
+                                   ("cast", two_m, 0), ("cast", two_m, 3),
                                    ("magnitude", 0, 0)])  # magnitude reads no seed: one run
     assert runs[("cast", 10 * in_scope, 0)].lambda_ == 0.5
-    assert runs[("cast", 2_000_000, 3)].lambda_ == "auto"
+    assert runs[("cast", two_m, 3)].lambda_ == "auto"
     assert all(c.batch_size == 4 for c in runs.values())
 
 

@@ -16,7 +16,6 @@ from castlab.data.corpus import (
     load_corpus,
 )
 from castlab.data.pack import register_pack
-from castlab.data.tokenizer import get_tokenizer, split_token_ids, tokenizer_dir
 from castlab.errors import UserError
 
 
@@ -46,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Prepare one corpus end to end and print documents / characters / tokens per split."""
+    from castlab.data.tokenizer import get_tokenizer, split_token_ids, tokenizer_dir
+
     if args.vocab_size > MAX_VOCAB:
         raise UserError(f"--vocab-size: got {args.vocab_size:,}, allowed at most {MAX_VOCAB:,}")
     print(f"corpus {args.corpus}: loading (downloads and cleans on first use)", file=sys.stderr)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from castlab.config import content_hash
 from castlab.data.corpus import CORPUS_SOURCES, PackageCorpus, corpus_cache_dir, load_corpus
-from castlab.data.tokenizer import get_tokenizer
 from castlab.errors import UserError
 from castlab.paths import (
     cache_dir,
@@ -59,6 +58,8 @@ def pack_corpus(name: str, vocab_size: int, out: Path) -> Path:
         raise UserError(f"--corpus: '{name}' is not a named package corpus, allowed "
                         f"{', '.join(packable)}")
     out = check_pack_output(out, "--out")
+    from castlab.data.tokenizer import get_tokenizer  # transformers: only when packing
+
     corpus = load_corpus(name)  # fetches and cleans on first use
     _, tok_dir = get_tokenizer(corpus, vocab_size)
     root = cache_dir()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from castlab.argtypes import finite_float, positive_float, positive_int
-from castlab.device import add_device_argument
+from castlab.argtypes import add_device_argument, finite_float, positive_float, positive_int
 from castlab.errors import UserError
 from castlab.paths import check_output_dir
+
+if TYPE_CHECKING:  # torch loads when a command runs, not when the parser is built
+    import torch
 
 
 def load_model_and_tokenizer(model_spec: str, tokenizer_spec: str | None = None,

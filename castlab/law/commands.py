@@ -3,38 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from castlab import __version__
 from castlab.config import parse_count
 from castlab.errors import UserError
-from castlab.law.bootstrap import DEFAULT_DRAWS, DEFAULT_LEVEL, bootstrap, param_summary
-from castlab.law.fit import fit_form
-from castlab.law.forms import FORMS, get_form
-from castlab.law.lawfile import check_predict_args
-from castlab.law.points import ColumnMap, check_fittable, points_from_frame
-from castlab.law.predict import Law
-from castlab.law.tablecheck import checked_table
-from castlab.law.targets import forms_that_can, missing, parse_targets
-from castlab.law.validate import (
-    FALLBACK_ORDER,
-    HELDOUT_DRAWS,
-    candidate_forms,
-    choose_form,
-    fallback_form,
-    heldout_predictions,
-    is_trajectory,
-    summarize,
-    unidentified_forms,
-)
 from castlab.paths import check_output_dir
+
+# numpy, scipy and pandas load inside the commands that use them, so `castlab --help` and
+# `castlab predict --help` answer at once
 
 
 def register(subparsers) -> None:
     """Add the fit-law and predict subcommands."""
+    from castlab.law.forms import FORMS  # numpy only: the --form help lists the registry
+
     p = subparsers.add_parser(
         "fit-law", help="fit and validate a scaling law on a results store or a table of runs",
         description="Fit law forms to runs, validate them on held-out budgets and sizes, pick "
@@ -61,11 +46,11 @@ def register(subparsers) -> None:
                    help="what the law must predict: comma list of budgets, sizes, sparsities, "
                         "or all (default: budgets, plus sparsities when the runs have several); "
                         "forms that cannot are not chosen")
-    p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
+    p.add_argument("--draws", type=int, default=None,
                    help="bootstrap draws (default 1000; fewer only for quick looks)")
-    p.add_argument("--heldout-draws", type=int, default=HELDOUT_DRAWS,
+    p.add_argument("--heldout-draws", type=int, default=None,
                    help="bootstrap draws per held-out split (intervals for coverage)")
-    p.add_argument("--level", type=float, default=DEFAULT_LEVEL, help="interval level")
+    p.add_argument("--level", type=float, default=None, help="interval level (default 0.9)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.set_defaults(func=fit_law_command)
@@ -88,7 +73,10 @@ def register(subparsers) -> None:
     q.set_defaults(func=predict_command)
 
 
-def _columns(args) -> ColumnMap | None:
+def _columns(args):
+    """The external table's ColumnMap from the --*-col flags, or None for a castlab store."""
+    from castlab.law.points import ColumnMap
+
     given = [args.n_col, args.d_col, args.loss_col]
     if not any(given) and not (args.s_col or args.loss_is_ppl or args.size_col or args.run_col):
         return None
@@ -99,11 +87,11 @@ def _columns(args) -> ColumnMap | None:
 
 
 def _fmt(v: float) -> str:
-    return "nan" if not np.isfinite(v) else (f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}")
+    return "nan" if not math.isfinite(v) else (f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}")
 
 
 def _pct(v: float) -> str:
-    return "   -  " if not np.isfinite(v) else f"{100 * v:6.2f}%"
+    return "   -  " if not math.isfinite(v) else f"{100 * v:6.2f}%"
 
 
 def _out_dir(args, src: Path) -> Path:
@@ -114,6 +102,26 @@ def _out_dir(args, src: Path) -> Path:
 
 def fit_law_command(args) -> int:
     """castlab fit-law: validate forms, fit the chosen one, bootstrap, write law.json + figures."""
+    import numpy as np
+
+    from castlab.law.bootstrap import DEFAULT_DRAWS, DEFAULT_LEVEL, bootstrap, param_summary
+    from castlab.law.fit import fit_form
+    from castlab.law.forms import FORMS, get_form
+    from castlab.law.points import check_fittable, points_from_frame
+    from castlab.law.predict import Law
+    from castlab.law.tablecheck import checked_table
+    from castlab.law.targets import forms_that_can, missing, parse_targets
+    from castlab.law.validate import (
+        HELDOUT_DRAWS,
+        heldout_predictions,
+        is_trajectory,
+        summarize,
+        unidentified_forms,
+    )
+
+    args.draws = DEFAULT_DRAWS if args.draws is None else args.draws
+    args.heldout_draws = HELDOUT_DRAWS if args.heldout_draws is None else args.heldout_draws
+    args.level = DEFAULT_LEVEL if args.level is None else args.level
     if args.draws < 100:
         raise UserError(f"--draws: got {args.draws}, allowed >= 100 (default 1000)")
     if args.heldout_draws < 0:
@@ -148,6 +156,11 @@ def fit_law_command(args) -> int:
     runs = f", {len(np.unique(pts.run))} runs" if is_trajectory(pts) else ""
     print(f"castlab fit-law: {len(pts)} points ({what}), {len(set(pts.size))} sizes{runs}, "
           f"{len(np.unique(pts.d))} budgets from {src}; predicting new {', '.join(targets)}")
+    if cols is None:  # a castlab store: what its checks flag (unconverged teacher, decay left)
+        from castlab.sweep.commands import flagged_lines
+
+        for line in flagged_lines(frame):
+            print(line)
     taus: dict[str, float] = {}
     preds = heldout_predictions(pts, forms, args.heldout_draws, args.level, args.seed, taus)
     table = summarize(preds, forms)
@@ -198,6 +211,10 @@ def fit_law_command(args) -> int:
 
 def _auto_candidates(pts, targets, src) -> tuple[list[str], dict[str, str]]:
     """Forms that can predict ``targets`` and that ``pts`` can fit; a refusal names every cause."""
+    from castlab.law.forms import FORMS
+    from castlab.law.targets import forms_that_can, missing
+    from castlab.law.validate import candidate_forms
+
     able = forms_that_can(targets)
     cannot = {f: f"cannot predict new {', '.join(missing(FORMS[f], targets))} "
                  f"(--predict-for {','.join(targets)})" for f in FORMS if f not in able}
@@ -214,6 +231,8 @@ def _choose(args, preds, forms, bad) -> tuple[str, list[str], str, bool]:
 
     With nothing scored on a held-out token split, auto takes the first fittable form of
     ``FALLBACK_ORDER`` and says the law is not validated."""
+    from castlab.law.validate import FALLBACK_ORDER, choose_form, fallback_form
+
     scored = bool(preds[preds["form"].isin(forms) & preds["rel_err"].notna()].shape[0])
     if args.form != "auto":
         return args.form, [], "given by --form", scored
@@ -252,7 +271,10 @@ def predict_command(args) -> int:
     """castlab predict: PPL with interval at budgets, and/or tokens needed for a target PPL."""
     if args.tokens is None and args.target_ppl is None:
         raise UserError("give --tokens 5M,20M and/or --target-ppl X")
-    check_predict_args(args)  # castlab.law.lawfile
+    from castlab.law.lawfile import check_predict_args
+    from castlab.law.predict import Law
+
+    check_predict_args(args)
     law = Law.load(args.law)
     label, n = law.resolve(args.model, args.n)
     who = f"{label or 'N'} (N={n:.4g})"

@@ -13,6 +13,25 @@ from castlab.report import tables as T
 from castlab.report.study import Study, quarter_points
 from castlab.sweep.commands import TEACHER_CONVERGENCE_TOLERANCE
 
+# what each kind of held-out split (its label in the table, castlab.report.study.KIND_LABELS)
+# holds out; the text names only the kinds the table shows
+HELDOUT_KINDS = {
+    "D/4 -> D": "`D/4 -> D`: the largest budget D from budgets at most D/4",
+    "D/2 -> D": "`D/2 -> D`: the largest budget D from budgets at most D/2",
+    "every token split": "`every token split`: each budget cut of an expanding window predicts "
+                         "every larger budget",
+    "leave one size out": "`leave one size out`: the other sizes predict the left-out one",
+}
+
+
+def heldout_text(splits: list[str], level: float) -> str:
+    """The paragraph above the held-out table, describing the split kinds it lists."""
+    described = "; ".join(HELDOUT_KINDS.get(s, f"`{s}`") for s in splits)
+    return ("Each form is refitted on the training runs of a split only and predicts the "
+            f"held-out runs. {described}. ARE is |predicted/actual - 1| of PPL, bias its signed "
+            f"mean, coverage the share of held-out runs inside the {level:.0%} prediction "
+            "interval.")
+
 
 def law_sentence(study: Study) -> str:
     """Which form was chosen and on how much data, or why there is no law."""
@@ -97,13 +116,7 @@ def render(rows: pd.DataFrame, study: Study | None, figures: dict[str, Path], ou
         if len(study.summary):
             parts += [
                 "### Held-out error", "",
-                "Each form is refitted on the training runs of a split only and predicts the "
-                "held-out runs. `D/4 -> D` (`D/2 -> D`): the largest budget D from budgets at "
-                "most D/4 (D/2); `every token split`: each budget cut of an expanding window "
-                "predicts every larger budget; `leave one size out`: the other sizes predict the "
-                "left-out one. "
-                f"ARE is |predicted/actual - 1| of PPL, bias its signed mean, coverage the share "
-                f"of held-out runs inside the {study.level:.0%} prediction interval.", "",
+                heldout_text(list(dict.fromkeys(study.summary["split"])), study.level), "",
                 T.markdown(T.heldout_table(study.summary, study.chosen, study.level,
                                            study.excluded)), ""]
         quarter = quarter_points(study.heldout) if len(study.heldout) else pd.DataFrame()

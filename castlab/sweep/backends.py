@@ -133,7 +133,8 @@ class LocalBackend:
                 out[run.run_id] = execute_run(run.config, run.run_dir, retry_failed,
                                               echo=self.progress)
                 if track:
-                    track.end(run.run_id, began, executed=not out[run.run_id].startswith("skip"))
+                    # a run another sweep holds ("running") or skipped took no time here: not a rate sample
+                    track.end(run.run_id, began, executed=out[run.run_id] in ("done", "failed"))
                 _report(bar, run, out[run.run_id])
             if on_gpus:
                 slots = gpu_slots(gpus, self.options.runs_per_gpu)

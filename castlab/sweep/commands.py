@@ -1,30 +1,28 @@
-"""`castlab sweep FILE` and `castlab status DIR`, and the sweep driver they share."""
+"""`castlab sweep FILE` and `castlab status DIR`, and the sweep driver they share.
+
+The module loads without torch, pyarrow or pandas (each function imports what it uses), so the
+command line's parsers build at once; see tests/test_cli_startup.py.
+"""
 
 from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from castlab import store
-from castlab.device import wants_cuda
 from castlab.errors import UserError
-from castlab.sweep import gpu_estimate, phases
-from castlab.sweep.backends import make_backend
-from castlab.sweep.plan import (
-    MAX_PLANNED_RUNS,
-    PlannedRun,
-    build_plan,
-    check_plan_size,
-    estimate_seconds,
-    format_seconds,
-    measured_throughput,
-)
-from castlab.sweep.progress import SweepProgress
-from castlab.sweep.runner import Outcome
-from castlab.sweep.spec import SweepSpec, load_sweep
+from castlab.sweep import MAX_PLANNED_RUNS
+from castlab.sweep.phases import PHASES
+
+if TYPE_CHECKING:
+    from castlab.sweep.plan import PlannedRun
+    from castlab.sweep.progress import SweepProgress
+    from castlab.sweep.runner import Outcome
+    from castlab.sweep.spec import SweepSpec
 
 # dense-KD at the largest budget may improve on its teacher by at most this (DESIGN.md):
 # more means the teacher was not converged and the sparse law would measure leftover pretraining.
@@ -37,6 +35,9 @@ LEFT_STATES = ("pending", "running", "corrupt")  # states whose runs a sweep sti
 def plan_estimates(plan: list[PlannedRun]) -> dict[str, float | None]:
     """Estimated wall seconds per run id: stored runs' rates, else a few timed steps here; a
     CUDA run from stored CUDA rates, else the H200 throughput model (never timed here)."""
+    from castlab.device import wants_cuda
+    from castlab.sweep.plan import estimate_seconds, measured_throughput
+
     dirs = sorted({r.run_dir.parent for r in plan})
     cpu, gpu = measured_throughput(dirs), measured_throughput(dirs, cuda=True)
     return {r.run_id: estimate_seconds(r, gpu if wants_cuda(r.config.device) else cpu,
@@ -45,6 +46,8 @@ def plan_estimates(plan: list[PlannedRun]) -> dict[str, float | None]:
 
 def _measured(run_dir: Path) -> float | None:
     """Wall seconds of a done run, from its row."""
+    from castlab import store
+
     try:
         return float(store.read_row(run_dir)["wall_seconds"])
     except Exception:  # noqa: BLE001 - a missing or unreadable row just has no time
@@ -54,6 +57,11 @@ def _measured(run_dir: Path) -> float | None:
 def plan_table(plan: list[PlannedRun], spec: SweepSpec | None = None) -> tuple[list[str], float]:
     """Lines of the dry-run table (estimate, and the measured time of done runs; with ``spec``
     per-phase totals and wall times on its backend) and the estimated seconds of work left."""
+    from castlab import store
+    from castlab.device import wants_cuda
+    from castlab.sweep import gpu_estimate, phases
+    from castlab.sweep.plan import format_seconds
+
     estimates = plan_estimates(plan)
     lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} {'estimate':>8} {'took':>8}  cell"]
     left = 0.0
@@ -80,6 +88,10 @@ def run_sweep(spec: SweepSpec, retry_failed: bool = False, progress: bool = True
     checks first that the ones it needs are done, see castlab.sweep.phases).
     ``tracker`` (local backend) prints 'run k of N, elapsed, ETA' above each run's own bar.
     """
+    from castlab import store
+    from castlab.sweep.backends import make_backend
+    from castlab.sweep.plan import build_plan
+
     plan = build_plan(spec)
     backend = make_backend(spec.backend_name, spec.backend_options, progress=progress)
     if tracker is not None and hasattr(backend, "tracker"):
@@ -101,14 +113,20 @@ def run_sweep(spec: SweepSpec, retry_failed: bool = False, progress: bool = True
     return outcomes
 
 
-def _log_invocation(spec: SweepSpec, started: float, counts: Counter) -> None:
-    """Append this invocation's wall time and outcome counts to RESULTS/sweep_log.jsonl."""
+def _log_invocation(spec: SweepSpec, started: float, counts: Counter,
+                    overrides: list[str] | None = None) -> None:
+    """Append this invocation's wall time, outcome counts and --set overrides to
+    RESULTS/sweep_log.jsonl."""
     import json
     import socket
+
+    from castlab import store
 
     entry = {"sweep": spec.name, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
              "wall_seconds": round(time.time() - started, 1), "host": socket.gethostname(),
              "backend": spec.backend_name, "outcomes": dict(sorted(counts.items()))}
+    if overrides:
+        entry["overrides"] = list(overrides)
     results = Path(spec.results_dir())
     results.mkdir(parents=True, exist_ok=True)
     with open(results / store.SWEEP_LOG_FILE, "a") as log:  # one short append: no partial lines
@@ -116,9 +134,15 @@ def _log_invocation(spec: SweepSpec, started: float, counts: Counter) -> None:
 
 
 def load_for_command(args) -> SweepSpec:
-    """The sweep file with the command line's --backend and --results applied, size-checked."""
-    # --results given on the command line may name any writable place (see SweepSpec.results)
-    spec = load_sweep(args.file, results=getattr(args, "results_dir", None))
+    """The sweep file with the command line's --set, --backend and --results applied,
+    size-checked."""
+    from castlab.sweep.plan import check_plan_size
+    from castlab.sweep.spec import load_sweep
+
+    # --results given on the command line may name any writable place (see SweepSpec.results);
+    # --set values are put into the parsed file before it is validated (castlab.sweep.overrides)
+    spec = load_sweep(args.file, results=getattr(args, "results_dir", None),
+                      overrides=getattr(args, "overrides", None) or ())
     if getattr(args, "backend", None):
         spec.backend = args.backend
         spec.validate(str(args.file))
@@ -127,6 +151,12 @@ def load_for_command(args) -> SweepSpec:
 
 
 def _cmd_sweep(args) -> int:
+    from castlab import store
+    from castlab.device import wants_cuda
+    from castlab.sweep import phases
+    from castlab.sweep.plan import build_plan, format_seconds
+    from castlab.sweep.progress import SweepProgress
+
     spec = load_for_command(args)
     if getattr(args, "verify", None) is not None:  # rerun K done runs; compare with their rows
         from castlab.sweep.verify import verify
@@ -154,53 +184,166 @@ def _cmd_sweep(args) -> int:
     if phase == "students":  # never trains a teacher: refuse before anything starts
         phases.check_teachers_ready(build_plan(spec), args.file)
     previous = signal.signal(signal.SIGTERM, stop)
-    todo = (*LEFT_STATES, "failed") if args.retry_failed else LEFT_STATES
+    todo_states = (*LEFT_STATES, "failed") if args.retry_failed else LEFT_STATES
+    states = {r.run_id: store.run_state(r.run_dir) for r in plan}
+    todo = [r for r in plan if states[r.run_id] in todo_states]
+    print_skipped(plan, states, todo, spec, args.retry_failed)
     # --quiet shows no progress lines: skip the estimate (it may time a few steps per preset)
-    every = {} if args.quiet else plan_estimates(plan)
-    estimates = {r.run_id: every[r.run_id] or 0.0 for r in plan
-                 if every and store.run_state(r.run_dir) in todo}
+    # (of the whole plan, as the dry run: done runs' rows are what the rates come from)
+    every = {} if args.quiet or not todo else plan_estimates(plan)
+    estimates = {r.run_id: every.get(r.run_id) or 0.0 for r in todo}
     started = time.time()
-    tracker = SweepProgress(total=len(plan), estimates=estimates, started=started)
+    # 'run k/N' counts the runs this invocation has to do; the skipped ones get no line
+    tracker = SweepProgress(total=len(todo), estimates=estimates, started=started)
     try:
         outcomes = run_sweep(spec, retry_failed=args.retry_failed, progress=not args.quiet,
                              tracker=tracker, phase=phase)
     finally:
         signal.signal(signal.SIGTERM, previous)
     counts = Counter(outcomes.values())
-    _log_invocation(spec, started, counts)
+    _log_invocation(spec, started, counts, getattr(args, "overrides", None) or [])
     teachers = sum(r.kind == "teacher" for r in plan)
     print(f"sweep {spec.name}{'' if phase == 'all' else f' (phase {phase})'}: {len(outcomes)} runs ({teachers} teacher"
           f"{'s' * (teachers != 1)} + {len(outcomes) - teachers}) in {format_seconds(time.time() - started)}"
           + (f" (estimated {format_seconds(sum(estimates.values()))} before it started)"
-             if estimates else "") + ": "
+             if any(estimates.values()) else "") + ": "
           + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
+    for line in flagged_lines(_plan_rows(plan)):
+        print(line)
     print(f"results in {spec.results_dir()} (castlab status {spec.results_dir()})")
     return 1 if counts.get("failed") or counts.get("blocked") else 0
 
 
-def status_table(root: Path) -> str:
-    """The status table of a results directory: every run, done/failed (reason)/running/pending,
-    corrupt (the file and what is wrong), stray, and copied folders that were not counted."""
+def print_skipped(plan: list[PlannedRun], states: dict[str, str], todo: list[PlannedRun],
+                  spec: SweepSpec, retry_failed: bool) -> None:
+    """One line for the planned runs this invocation skips (done, or failed without
+    --retry-failed), instead of a 'run k/N' line each."""
+    skipped = Counter(states[r.run_id] for r in plan if r not in todo)
+    if not skipped:
+        return
+    failed = skipped.get("failed", 0)
+    print(f"sweep {spec.name}: skipping {sum(skipped.values())} of {len(plan)} planned runs ("
+          + ", ".join(f"{n} {s}" for s, n in sorted(skipped.items())) + ")"
+          + (" (--retry-failed reruns the failed ones)" if failed and not retry_failed else "")
+          + f"; {len(todo)} to run", flush=True)
+
+
+def _plan_rows(plan: list[PlannedRun]):
+    """The stored rows of a plan's runs, teachers included, as one frame (empty without any)."""
+    import pandas as pd
+
+    from castlab import store
+
+    rows = []
+    for run in plan:
+        try:
+            rows.append(store.read_row(run.run_dir))
+        except Exception:  # noqa: BLE001 - no row (blocked, interrupted) or unreadable: not flagged here
+            continue
+    return pd.DataFrame(rows)
+
+
+def teacher_gains(rows) -> list[dict]:
+    """Per model with dense-KD runs: how much dense-KD at its largest budget improves on the
+    teacher's PPL (mean over seeds; negative: worse), and whether that is within
+    TEACHER_CONVERGENCE_TOLERANCE."""
+    if not len(rows) or "teacher_ppl" not in rows:
+        return []
+    kd = rows[(rows["method"] == "dense-kd") & (rows["status"] == "ok")]
+    out = []
+    for model, group in kd.groupby("model"):
+        top = group[group["tokens"] == group["tokens"].max()]
+        gain = float(((top["teacher_ppl"] - top["ppl"]) / top["teacher_ppl"]).mean())
+        out.append({"model": model, "tokens": int(top["tokens"].iloc[0]),
+                    "improvement": gain if math.isfinite(gain) else None,
+                    "converged": bool(gain <= TEACHER_CONVERGENCE_TOLERANCE)
+                    if math.isfinite(gain) else None})
+    return out
+
+
+def flagged_lines(rows) -> list[str]:
+    """What the checks flag among store rows: teachers dense-KD improves by more than the
+    tolerance, runs whose AdamS decay did not finish (``decay_budget_warning``), failed runs;
+    or one line saying which checks passed. Printed at the end of a sweep and by fit-law."""
+    if not len(rows) or "status" not in rows:
+        return []
+    lines = []
+    gains = teacher_gains(rows)
+    tol = f"{100 * TEACHER_CONVERGENCE_TOLERANCE:.0f}%"
+    for g in gains:
+        if g["converged"] is False:
+            lines.append(f"flagged: teacher {g['model']} NOT CONVERGED: dense-kd at "
+                         f"{g['tokens']:,} tokens improves on it by {100 * g['improvement']:.2f}% "
+                         f"(> {tol}); sparse-vs-dense gaps and the law include leftover "
+                         "pretraining: train the teacher longer (teacher.tokens)")
+    ok = rows[rows["status"] == "ok"]
+    warned = (ok[ok["decay_budget_warning"].fillna("").astype(str).str.len() > 0]
+              if "decay_budget_warning" in ok else ok.iloc[:0])
+    for method, group in warned.groupby("method"):
+        total = int((ok["method"] == method).sum())
+        budgets = ", ".join(f"{int(t):,}" for t in sorted(set(group["tokens"])))
+        lines.append(f"flagged: {len(group)} of {total} {method} runs did not finish AdamS's "
+                     f"decay (tokens {budgets}): the masked weights were not driven to zero, so "
+                     "the final prune is not lossless and a law fitted on them includes that "
+                     "shock (decay_budget_warning in the rows; raise lambda, the lr or the steps)")
+    failed = rows[rows["status"] == "failed"]
+    if len(failed):
+        lines.append(f"flagged: {len(failed)} failed run(s): {', '.join(failed['run_id'][:6])}"
+                     + (" ..." if len(failed) > 6 else "") + " (reasons: castlab status)")
+    if lines:
+        return lines
+    checked = [g for g in gains if g["converged"] is not None]
+    passed = [f"every teacher converged (dense-kd within {tol} of it at the largest budget)"
+              if checked else "teacher convergence not checked (no dense-kd row with its "
+              "teacher's PPL)"]
+    if "decay_budget_warning" in ok:
+        passed.append("every run that pruned with AdamS finished its decay")
+    return ["checks: no run flagged: " + "; ".join(passed)]
+
+
+def _status_scan(root: Path):
+    """(store scan, its rows, [(run_id, state)] of run folders without a row) of a results
+    directory; a one-line UserError when it is not one."""
+    from castlab import store
+
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: no such results directory (nothing has run there yet; "
                         "`castlab status SWEEP.yaml` shows a planned sweep's runs)")
     found = store.scan(root)  # one row per run id; corrupt files and copied folders named
-    rows = found.frame()
-    lines = []
     done_dirs = {p.parent for p in store.result_paths(root)}
     unfinished = [(d.name, "stray" if store.is_stray(d) else store.run_state(d)) for d in sorted(
         p.parent for p in root.rglob(store.CONFIG_FILE)) if d not in done_dirs]
+    return found, found.frame(), unfinished
+
+
+# the mask life of sparse runs (drift from the step-0 mask at T/2 and at the end, mean flip rate
+# over every refresh, masked step towards zero / lr); older rows lack them
+LIFE_COLUMNS = ("prune_shock", "mask_drift_half", "mask_drift", "mask_flip_rate", "masked_step_lr")
+
+
+def _run_view(rows):
+    """The status columns of done and failed rows, sorted by model, method, tokens, seed."""
+    view = rows.assign(state=rows["status"].map({"ok": "done", "failed": "failed"}))
+    cols = ["run_id", "method", "model", "tokens", "seed", "state", "eval_loss", "ppl",
+            *[c for c in LIFE_COLUMNS if c in view], "wall_seconds", "reason"]
+    view = view.reindex(columns=cols)
+    return view.sort_values(["model", "method", "tokens", "seed"], na_position="last")
+
+
+def _state_counts(rows, unfinished, found) -> Counter:
+    return Counter(["done" if s == "ok" else "failed" for s in rows["status"]]
+                   + [s for _, s in unfinished] + ["corrupt"] * len(found.corrupt))
+
+
+def status_table(root: Path) -> str:
+    """The status table of a results directory: every run, done/failed (reason)/running/pending,
+    corrupt (the file and what is wrong), stray, and copied folders that were not counted."""
+    found, rows, unfinished = _status_scan(root)
+    lines = []
     if len(rows):
-        view = rows.assign(state=rows["status"].map({"ok": "done", "failed": "failed"}))
-        # the mask life of sparse runs (drift from the step-0 mask at T/2 and at the end, mean
-        # flip rate over every refresh, masked step towards zero / lr); older rows lack them
-        life = [c for c in ("prune_shock", "mask_drift_half", "mask_drift", "mask_flip_rate",
-                            "masked_step_lr") if c in view]
-        cols = ["run_id", "method", "model", "tokens", "seed", "state", "eval_loss", "ppl",
-                *life, "wall_seconds", "reason"]
-        view = view[cols].sort_values(["model", "method", "tokens", "seed"], na_position="last")
-        view["reason"] = view["reason"].fillna("").str.slice(0, 60)
+        view = _run_view(rows)
+        view["reason"] = view["reason"].fillna("").astype(str).str.slice(0, 60)
         lines.append(view.to_string(index=False, formatters=column_formats(view), na_rep="-"))
     for run_id, state in unfinished:
         hint = "  (config only, nothing trained: delete it or rerun it)" if state == "stray" else ""
@@ -211,13 +354,50 @@ def status_table(root: Path) -> str:
         lines.append(f"{skipped.parent.name:<22} duplicate of {run_id}, not counted  ({skipped}; "
                      f"kept {kept})")
     lines.extend(convergence_check(rows))
-    states = Counter(["done" if s == "ok" else "failed" for s in rows["status"]]
-                     + [s for _, s in unfinished] + ["corrupt"] * len(found.corrupt))
+    # the other checks (the teacher's is the line above): unfinished decays, failures, or a pass
+    lines.extend(line for line in flagged_lines(rows) if not line.startswith("flagged: teacher"))
+    states = _state_counts(rows, unfinished, found)
     dupes = f"; {len(found.duplicates)} duplicate folders skipped" if found.duplicates else ""
     lines.append(f"{sum(states.values())} runs: "
                  + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + dupes
                  + " (dense teachers live in the cache and are not counted here)")
     return "\n".join(lines)
+
+
+def status_records(root: Path) -> dict:
+    """What status_table shows, as data: {results, runs: [one dict per run], teacher_checks,
+    counts}; unfinished, corrupt and duplicate folders are runs with that state."""
+    import json
+
+    found, rows, unfinished = _status_scan(root)
+    runs = json.loads(_run_view(rows).to_json(orient="records")) if len(rows) else []
+    runs += [{"run_id": run_id, "state": state} for run_id, state in unfinished]
+    runs += [{"run_id": file.parent.name, "state": "corrupt", "reason": message,
+              "file": str(file)} for file, message in found.corrupt]
+    runs += [{"run_id": skipped.parent.name, "state": "duplicate", "duplicate_of": run_id,
+              "file": str(skipped)} for run_id, kept, skipped in found.duplicates]
+    return {"results": str(root), "runs": runs, "teacher_checks": teacher_gains(rows),
+            "counts": dict(sorted(_state_counts(rows, unfinished, found).items()))}
+
+
+def plan_records(spec: SweepSpec) -> list[dict]:
+    """Every planned run of a sweep file with its state, as data (teachers first)."""
+    from castlab import store
+    from castlab.sweep.plan import build_plan
+
+    return [{"run_id": r.run_id, "kind": r.kind, "state": store.run_state(r.run_dir),
+             "method": r.config.method, "model": r.config.model, "tokens": int(r.config.tokens),
+             "seed": r.config.seed, "run_dir": str(r.run_dir)} for r in build_plan(spec)]
+
+
+def write_csv(records: list[dict]) -> None:
+    """Records as CSV on stdout: the union of their keys, in first-seen order."""
+    import csv
+
+    fields = list(dict.fromkeys(k for r in records for k in r))
+    writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
 
 
 # Fixed decimals per column of the status table, so a column's numbers line up.
@@ -236,12 +416,14 @@ def column_formats(view) -> dict:
 
 def plan_status(spec: SweepSpec) -> str:
     """Status of a sweep file's plan: every planned run's state, teachers counted apart."""
-    plan = build_plan(spec)
-    states = {r.run_id: store.run_state(r.run_dir) for r in plan}
+    records = plan_records(spec)
+    labels = {r["run_id"]: f"{r['method']} {r['model']} tokens={r['tokens']} seed={r['seed']}"
+              for r in records}
     lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} cell"]
-    lines += [f"{r.run_id:<22} {r.kind:<7} {states[r.run_id]:<8} {r.label}" for r in plan]
+    lines += [f"{r['run_id']:<22} {r['kind']:<7} {r['state']:<8} {labels[r['run_id']]}"
+              for r in records]
     for kind in ("teacher", "run"):
-        group = [states[r.run_id] for r in plan if r.kind == kind]
+        group = [r["state"] for r in records if r["kind"] == kind]
         if group:
             counts = Counter(group)
             lines.append(f"{counts.get('done', 0)} of {len(group)} {kind}s done ("
@@ -253,18 +435,14 @@ def plan_status(spec: SweepSpec) -> str:
 
 def convergence_check(rows) -> list[str]:
     """Per model: does dense-KD at its largest budget improve the teacher's PPL by <= 2%?"""
-    if not len(rows) or "teacher_ppl" not in rows:
-        return []
-    kd = rows[(rows["method"] == "dense-kd") & (rows["status"] == "ok")]
     lines = []
-    for model, group in kd.groupby("model"):
-        top = group[group["tokens"] == group["tokens"].max()]
-        gain = float(((top["teacher_ppl"] - top["ppl"]) / top["teacher_ppl"]).mean())
-        head = f"teacher check {model}: dense-kd at {int(top['tokens'].iloc[0]):,} tokens"
-        if not math.isfinite(gain):
+    for g in teacher_gains(rows):
+        head = f"teacher check {g['model']}: dense-kd at {g['tokens']:,} tokens"
+        if g["improvement"] is None:
             lines.append(f"{head}: no PPL to compare with the teacher's")
             continue
-        verdict = "ok" if gain <= TEACHER_CONVERGENCE_TOLERANCE else "NOT CONVERGED"
+        gain = g["improvement"]
+        verdict = "ok" if g["converged"] else "NOT CONVERGED"
         change = (f"improves on the teacher's PPL by {100 * gain:.2f}%" if gain >= 0
                   else f"is {100 * -gain:.2f}% worse than the teacher's PPL")
         lines.append(f"{head} {change} (an improvement over "
@@ -274,16 +452,42 @@ def convergence_check(rows) -> list[str]:
 
 
 def _cmd_status(args) -> int:
+    import json
+
     target = Path(args.results)
+    fmt = "json" if args.json else "csv" if args.csv else "text"
     if target.suffix in (".yaml", ".yml") and not target.is_dir():
         args.file = target
         spec = load_for_command(args)
-        if spec.results_dir().is_dir():
-            print(status_table(spec.results_dir()))
-        print(plan_status(spec))
+        results = spec.results_dir()
+        if fmt == "json":
+            json.dump({"sweep": spec.name, "planned": plan_records(spec),
+                       "results": status_records(results) if results.is_dir() else None},
+                      sys.stdout, indent=1)
+            print()
+        elif fmt == "csv":
+            write_csv(plan_records(spec))
+        else:
+            if results.is_dir():
+                print(status_table(results))
+            print(plan_status(spec))
         return 0
-    print(status_table(target))
+    if fmt == "json":
+        json.dump(status_records(target), sys.stdout, indent=1)
+        print()
+    elif fmt == "csv":
+        write_csv(status_records(target)["runs"])
+    else:
+        print(status_table(target))
     return 0
+
+
+def _add_overrides(parser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="replace a field of the sweep file before it is validated (YAML "
+                             "value; dotted keys into sections), e.g. --set train.seq_len=128 "
+                             "--set budgets=[4k,8k]; repeatable")
 
 
 def register(subparsers) -> None:
@@ -296,7 +500,7 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan: run ids, status, estimated time; run nothing")
     p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
-    p.add_argument("--phase", choices=phases.PHASES, default="all",
+    p.add_argument("--phase", choices=PHASES, default="all",
                    help="teachers: only the dense teachers the plan needs (cached under "
                         "$CASTLAB_CACHE/teachers); students: every other run, refused while a "
                         "needed teacher is not done; all (default): both")
@@ -307,6 +511,7 @@ def register(subparsers) -> None:
                    help="results directory, overriding the file's `results:` (any writable "
                         "path; a path in the file must stay inside the working directory "
                         "unless absolute)")
+    _add_overrides(p)
     p.add_argument("--allow-large", action="store_true",
                    help=f"plan more than {MAX_PLANNED_RUNS:,} runs")
     p.add_argument("--verify", type=int, metavar="K",
@@ -320,4 +525,9 @@ def register(subparsers) -> None:
                                           "running or pending; unreadable files are named.")
     s.add_argument("results", help="results directory (e.g. results/ or results/opt_family), or "
                                    "a sweep file: its planned runs, done or not, teachers apart")
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true",
+                     help="print the runs, teacher checks and counts as JSON")
+    fmt.add_argument("--csv", action="store_true", help="print one CSV row per run")
+    _add_overrides(s)
     s.set_defaults(func=_cmd_status)

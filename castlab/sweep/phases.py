@@ -11,11 +11,12 @@ both, in that order, as before.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from castlab import store
 from castlab.errors import UserError
-from castlab.sweep.plan import PlannedRun
+
+if TYPE_CHECKING:  # PHASES is read when the command line is built: no torch, no pyarrow
+    from castlab.sweep.plan import PlannedRun
 
 Phase = Literal["teachers", "students", "all"]
 PHASES: tuple[str, ...] = ("teachers", "students", "all")
@@ -36,12 +37,16 @@ def needed_teachers(plan: list[PlannedRun]) -> list[Path]:
 
 def missing_teachers(plan: list[PlannedRun]) -> list[Path]:
     """Needed teacher dirs that are not done (pending, running, failed or corrupt)."""
+    from castlab import store
+
     return [d for d in needed_teachers(plan) if store.run_state(d) != "done"]
 
 
 def check_teachers_ready(plan: list[PlannedRun], sweep_file: Path | str) -> None:
     """A one-line UserError naming the missing teachers and the commands that make or unpack
     them, when a student phase would have to train a teacher itself."""
+    from castlab import store
+
     missing = missing_teachers(plan)
     if not missing:
         return
@@ -75,6 +80,7 @@ def phase_summary(plan: list[PlannedRun], estimates: dict[str, float | None], sp
     """Per phase (teachers, students): runs left, their summed estimate, and the expected wall
     time on the sweep's backend (local: in turn on a CPU; CUDA runs ``runs_per_gpu`` per card,
     sharing it as castlab.sweep.gpu_estimate models)."""
+    from castlab import store
     from castlab.device import wants_cuda
     from castlab.sweep import gpu_estimate
     from castlab.sweep.plan import format_seconds, measured_throughput

@@ -19,15 +19,13 @@ from castlab.device import wants_cuda
 from castlab.errors import UserError
 from castlab.models import ParamCounts, is_preset
 from castlab.paths import cache_dir
+from castlab.sweep import MAX_PLANNED_RUNS  # noqa: F401 - read here (tests patch plan's copy)
 from castlab.sweep.spec import SweepSpec, parse_budget, resolve_budget
 
 # Fallback throughput for the time estimate when the store has no finished run of a model:
 # effective training FLOP/s of one CPU run here (6 * params * tokens FLOPs per token trained).
 DEFAULT_FLOPS = 3e9
 STARTUP_SECONDS = 15.0  # process start, data and model load, final evals
-# Plans larger than this are refused unless `castlab sweep --allow-large`: a typo in seeds or
-# budgets (100k seeds planned 400k runs) should cost a one-line error, not days of compute.
-MAX_PLANNED_RUNS = 2000
 
 
 @dataclass(frozen=True)
@@ -76,6 +74,19 @@ def in_scope_params(model: str) -> int:
     ffn = getattr(cfg, "ffn_dim", None) or getattr(cfg, "intermediate_size", 4 * hidden)
     mlp = 3 if hasattr(cfg, "intermediate_size") and not hasattr(cfg, "ffn_dim") else 2
     return cfg.num_hidden_layers * (4 * hidden * hidden + mlp * hidden * ffn)
+
+
+def whole_steps(tokens: int, tokens_per_step: int) -> int:
+    """A student budget rounded DOWN to whole optimizer steps (at least one step).
+
+    The trainer runs ceil(tokens / step) steps, so '64k' at 16 x 64 tokens per step trained
+    64,512 tokens, more than half of '128k' (128,000): the law's D/2 split (budgets <= D/2)
+    dropped it. Rounding down keeps every nominal halving on its side of the cut, since
+    floor(a/2) <= floor(a)/2 for any budget a in steps; the stored tokens are the trained ones.
+    Suffixes stay decimal ('4k' = 4,000, as in `castlab predict`); budgets that are already
+    whole steps (every shipped study's but smoke's) keep their run ids.
+    """
+    return max(1, tokens // tokens_per_step) * tokens_per_step
 
 
 def _teacher(spec: SweepSpec, model: str, seed: int | None = None) -> PlannedRun:
@@ -171,6 +182,10 @@ def build_plan(spec: SweepSpec) -> list[PlannedRun]:
                             "seed": seed, "corpus": spec.corpus, "vocab_size": spec.vocab_size,
                             "sweep": spec.name, "lambda_": _lambda_for(spec, index)}
                     cfg = from_dict(TrainConfig, data, where=f"{mspec.name} {model}")
+                    step = cfg.batch_size * cfg.seq_len
+                    if tokens and tokens % step:  # trained tokens, so budgets split exactly
+                        data["tokens"] = whole_steps(tokens, step)
+                        cfg = from_dict(TrainConfig, data, where=f"{mspec.name} {model}")
                     run = PlannedRun(cfg, results / cfg.run_id(), "run",
                                      needs=teacher.run_dir if teacher else None)
                     plan.setdefault(run.run_id, run)

@@ -1,5 +1,6 @@
-"""Overall sweep progress: one line per run, 'run k of N', elapsed time and ETA, printed above
-the run's own progress bar."""
+"""Overall sweep progress: one line per run to do, 'run k of N', elapsed time and ETA, printed
+above the run's own progress bar. Runs planned as done get no line (the sweep prints one
+summary line for them), so N counts what this invocation has to run."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ class SweepProgress:
     far took against their own estimates (so a busy machine's slowdown carries forward).
     """
 
-    total: int
-    estimates: dict[str, float]  # run_id -> estimated seconds (0 or absent for done runs)
+    total: int  # runs to do
+    estimates: dict[str, float]  # run_id -> estimated seconds (0: unknown) of every run to do
     started: float = field(default_factory=time.time)
     position: int = 0
     spent: float = 0.0  # wall seconds of the runs executed so far
@@ -35,7 +36,10 @@ class SweepProgress:
         return self.remaining * scale if self.remaining else None
 
     def begin(self, run_id: str, label: str, echo: bool = True) -> float:
-        """Print the header line of the next run; returns its start time."""
+        """Print the header line of the next run to do; returns its start time. A run that is
+        not to do (done when the sweep started) is skipped silently."""
+        if run_id not in self.estimates:
+            return time.time()
         self.position += 1
         if echo:
             print(f"[run {self.position}/{self.total} | elapsed "

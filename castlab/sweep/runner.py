@@ -34,8 +34,11 @@ from castlab.config import TrainConfig, from_dict, save_yaml
 Outcome = Literal["done", "failed", "running", "skipped-done", "skipped-failed", "blocked"]
 TERMINATE_GRACE_SECONDS = 10.0
 # Imported once in the fork server, so every forked run starts with them loaded.
-WARM_MODULES = ["castlab.cli", "castlab.commands_train", "castlab.train", "castlab.data",
-                "castlab.sweep.commands", "transformers.models.opt.modeling_opt"]
+# castlab.data and the command modules import lazily, so the tokenizer is named here, and this
+# module itself (its warning filter below must be set in the server, see there).
+WARM_MODULES = ["castlab.sweep.runner", "castlab.cli", "castlab.commands_train", "castlab.train",
+                "castlab.data.tokenizer", "castlab.data.packing", "castlab.sweep.commands",
+                "transformers.models.opt.modeling_opt"]
 _fork_server: multiprocessing.context.BaseContext | None = None
 # castlab modules are pre-imported on purpose (the point of the fork server), so runpy's warning
 # about re-running one as __main__ (also raised when multiprocessing re-imports `python -m

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,13 +366,17 @@ def _check_train_keys(data: dict[str, Any], where: str, owned: set[str] | None =
                             f"{', '.join(f for f in TRAIN_FIELDS if f not in owned)})")
 
 
-def load_sweep(path: str | Path, results: str | Path | None = None) -> SweepSpec:
+def load_sweep(path: str | Path, results: str | Path | None = None,
+               overrides: Sequence[str] = ()) -> SweepSpec:
     """Read and validate a sweep file; every problem is a one-line UserError naming the field.
 
-    ``results`` (from the command line) replaces the file's ``results:`` before validation.
+    ``results`` (from the command line) replaces the file's ``results:`` before validation, as
+    do ``overrides`` ('train.seq_len=128', castlab.sweep.overrides) their fields.
     """
+    from castlab.sweep.overrides import apply_overrides
+
     path = Path(path)
-    data = read_yaml(path, what="sweep file")
+    data = apply_overrides(read_yaml(path, what="sweep file"), overrides, str(path))
     if data is None:
         raise UserError(f"{path}: empty sweep file, allowed a mapping with name, models, methods, ...")
     if results is not None and isinstance(data, dict):

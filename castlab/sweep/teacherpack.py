@@ -22,7 +22,6 @@ import tarfile
 import time
 from pathlib import Path
 
-from castlab import store
 from castlab.errors import UserError
 from castlab.paths import (
     MAX_PACK_MEMBERS,
@@ -62,6 +61,7 @@ def teacher_files(run_dir: Path) -> list[Path]:
 def plan_teachers(sweep_file: Path) -> tuple[str, list]:
     """(sweep name, the teacher PlannedRuns its students need); a UserError naming any that is
     not done."""
+    from castlab import store
     from castlab.sweep.phases import needed_teachers
     from castlab.sweep.plan import build_plan
     from castlab.sweep.spec import load_sweep
@@ -228,6 +228,8 @@ def unpack_teachers(file: Path) -> tuple[list[str], list[str]]:
 def _install(root: Path, staging: Path, ids: list[str]) -> tuple[list[str], list[str]]:
     """Rename each staged teacher into ``root`` (plain names: never outside it); an unfinished
     local attempt is kept aside, not deleted. A failure undoes the renames made so far."""
+    from castlab import store  # pyarrow: when unpacking, not when the parser is built
+
     installed, kept, undo = [], [], []
     try:
         root.mkdir(exist_ok=True)
