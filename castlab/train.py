@@ -71,14 +71,26 @@ class RunFailed(Exception):
 # small pure pieces
 
 
+# wsd schedule: the share of the steps over which the lr falls linearly to min_lr_ratio * peak
+WSD_DECAY_FRAC = 0.2
+
+
 def lr_at(step: int, total_steps: int, peak: float, schedule: str, warmup_frac: float,
           min_ratio: float) -> float:
-    """Learning rate of ``step``: linear warmup, then cosine to ``min_ratio * peak`` (or constant)."""
+    """Learning rate of ``step``: linear warmup, then cosine to ``min_ratio * peak`` (or constant,
+    or wsd: constant, then linear to ``min_ratio * peak`` over the last WSD_DECAY_FRAC)."""
     warmup = int(warmup_frac * total_steps)
     if step < warmup:
         return peak * (step + 1) / warmup
     if schedule == "constant":
         return peak
+    if schedule == "wsd":
+        decay = max(1, int(round(WSD_DECAY_FRAC * total_steps)))
+        start = max(warmup, total_steps - decay)
+        if step < start:
+            return peak
+        progress = (step - start + 1) / max(1, total_steps - start)
+        return peak * (1 - (1 - min_ratio) * min(progress, 1.0))
     progress = (step - warmup) / max(1, total_steps - warmup - 1)
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
