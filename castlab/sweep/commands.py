@@ -18,9 +18,7 @@ from castlab.sweep.plan import (
     PlannedRun,
     build_plan,
     check_plan_size,
-    estimate_seconds,
     format_seconds,
-    measured_throughput,
 )
 from castlab.sweep.progress import SweepProgress
 from castlab.sweep.runner import Outcome
@@ -34,13 +32,13 @@ TEACHER_CONVERGENCE_TOLERANCE = 0.02
 LEFT_STATES = ("pending", "running", "corrupt")  # states whose runs a sweep still has to do
 
 
-def plan_estimates(plan: list[PlannedRun]) -> dict[str, float | None]:
-    """Estimated wall seconds per run id: stored runs' rates, else a few timed steps here; a
-    CUDA run from stored CUDA rates, else the H200 throughput model (never timed here)."""
-    dirs = sorted({r.run_dir.parent for r in plan})
-    cpu, gpu = measured_throughput(dirs), measured_throughput(dirs, cuda=True)
-    return {r.run_id: estimate_seconds(r, gpu if wants_cuda(r.config.device) else cpu,
-                                       calibrate=True) for r in plan}
+def plan_estimates(plan: list[PlannedRun], spec: SweepSpec | None = None,
+                   basis_lines: list[str] | None = None) -> dict[str, float | None]:
+    """Estimated wall seconds per run id (castlab.sweep.estimate: stored rows, else timed steps
+    here; CUDA runs from stored CUDA rates or the H200 model, never timed here)."""
+    from castlab.sweep import estimate
+
+    return {k: v.seconds for k, v in estimate.plan_estimates(plan, spec, basis_lines).items()}
 
 
 def _measured(run_dir: Path) -> float | None:
@@ -52,10 +50,16 @@ def _measured(run_dir: Path) -> float | None:
 
 
 def plan_table(plan: list[PlannedRun], spec: SweepSpec | None = None) -> tuple[list[str], float]:
-    """Lines of the dry-run table (estimate, and the measured time of done runs; with ``spec``
-    per-phase totals and wall times on its backend) and the estimated seconds of work left."""
-    estimates = plan_estimates(plan)
-    lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} {'estimate':>8} {'took':>8}  cell"]
+    """Lines of the dry-run table (estimate, what it rests on, and the measured time of done
+    runs; with ``spec`` per-phase totals and wall times on its backend, and the basis of the
+    estimates per model and method) and the estimated seconds of work left."""
+    from castlab.sweep import estimate
+
+    basis: list[str] = []
+    detailed = estimate.plan_estimates(plan, spec, basis)
+    estimates = {k: v.seconds for k, v in detailed.items()}
+    lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} {'estimate':>8} {'basis':<5} "
+             f"{'took':>8}  cell"]
     left = 0.0
     for run in plan:
         state = store.run_state(run.run_dir)
@@ -64,11 +68,15 @@ def plan_table(plan: list[PlannedRun], spec: SweepSpec | None = None) -> tuple[l
             left += seconds
         took = format_seconds(_measured(run.run_dir)) if state == "done" else ""
         lines.append(f"{run.run_id:<22} {run.kind:<7} {state:<8} {format_seconds(seconds):>8} "
-                     f"{took:>8}  {run.label}")
+                     f"{detailed[run.run_id].basis:<5} {took:>8}  {run.label}")
     if spec is not None:
         lines += phases.phase_summary(plan, estimates, spec, LEFT_STATES)
         if any(wants_cuda(r.config.device) for r in plan):
             lines.append(gpu_estimate.assumptions())
+    if basis:
+        lines.append("estimates rest on (rows: stored runs' median rate and overhead; timed: "
+                     f"real steps timed here; each run + {estimate.FORK_SECONDS:.0f} s to start):")
+        lines += basis
     return lines, left
 
 
@@ -156,7 +164,7 @@ def _cmd_sweep(args) -> int:
     previous = signal.signal(signal.SIGTERM, stop)
     todo = (*LEFT_STATES, "failed") if args.retry_failed else LEFT_STATES
     # --quiet shows no progress lines: skip the estimate (it may time a few steps per preset)
-    every = {} if args.quiet else plan_estimates(plan)
+    every = {} if args.quiet else plan_estimates(plan, spec)
     estimates = {r.run_id: every[r.run_id] or 0.0 for r in plan
                  if every and store.run_state(r.run_dir) in todo}
     started = time.time()
