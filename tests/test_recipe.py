@@ -261,3 +261,24 @@ def test_cpu_runs_must_be_a_whole_number_of_at_least_one(tmp_path, value):
     spec["backend"]["cpu_runs"] = 1
     file.write_text(yaml.safe_dump(spec))
     assert load_sweep(file).backend_options.cpu_runs == 1
+
+
+# ---- analysis: the previous study of a re-shipped reference -----------------------------------
+
+
+def test_previous_study_is_the_highest_numbered_sibling(tmp_path):
+    from analysis.make_report import previous_of
+
+    current = tmp_path / "opt_family"
+    assert previous_of(current) == tmp_path / "opt_family_v1"  # none yet: the first name
+    for name in ("opt_family_v1", "opt_family_v2", "opt_family_v10x", "opt_family_long"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "opt_family_v3").write_text("a file, not a study")
+    assert previous_of(current) == tmp_path / "opt_family_v2"
+
+
+def test_report_names_what_changed_since_the_previous_study():
+    from analysis.report import PREVIOUS_NOTES
+
+    assert "masked_decay_ratio 48" in PREVIOUS_NOTES["opt_family_v2"]
+    assert PREVIOUS_NOTES["opt_family_v1"].startswith("lambda auto factor 3")

@@ -170,7 +170,7 @@ class LocalBackend:
                 out[run.run_id] = execute_run(run.config, run.run_dir, retry_failed,
                                               echo=self.progress)
                 if track:
-                    track.end(run.run_id, began, executed=not out[run.run_id].startswith("skip"))
+                    track.end(run.run_id, began, executed=out[run.run_id] in ("done", "failed"))
                 _report(bar, run, out[run.run_id])
             if on_gpus:
                 slots = gpu_slots(gpus, self.options.runs_per_gpu)
@@ -207,7 +207,7 @@ class LocalBackend:
                 with lock:
                     out[run.run_id] = outcome
                     if track:
-                        track.end(run.run_id, began, executed=not outcome.startswith("skip"))
+                        track.end(run.run_id, began, executed=outcome in ("done", "failed"))
                     _report(bar, run, outcome)
 
         threads = [threading.Thread(target=worker, args=(gpu,), daemon=True,
