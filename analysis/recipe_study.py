@@ -5,7 +5,7 @@ results/recipe_study; a row's ``sweep`` column names its candidate (a twin share
 candidates, same run id, is counted for both: the rows say which settings it ran). Per candidate,
 size and method: mean ± sd PPL over seeds and the change against the teacher's PPL.
 
-    python -m analysis.recipe_study [results/recipe_study]
+    python -m analysis.recipe_study [results/reference/recipe_study]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def wide(rows: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Print the study's table as markdown."""
     argv = sys.argv[1:] if argv is None else argv
-    results = Path(argv[0] if argv else "results/recipe_study")
+    results = Path(argv[0] if argv else "results/reference/recipe_study")
     print(wide(candidate_rows(results)))
     return 0
 
