@@ -122,4 +122,7 @@ def test_dry_run_prints_the_basis_and_the_wall_over_cpu_slots(tmp_path, monkeypa
     # two cast runs at once: the phase's wall is one run plus the sweep's start-up
     assert "phase students: 2 of 2 runs left, 12s of run time; wall 14s (2 runs at once)" in out
     assert run == pytest.approx(6.04)
+    # the total is the wall of both phases (not the sum over runs): the teacher (100 dense
+    # steps, 3,000 eval tokens: 6.03 s) and the two students side by side, each phase + 8 s
+    assert "estimated time left 28s;" in out
     assert "estimates rest on" in out and "cast opt-tiny (batch 4 x 64): timed steps here" in out

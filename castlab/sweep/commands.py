@@ -52,7 +52,8 @@ def _measured(run_dir: Path) -> float | None:
 def plan_table(plan: list[PlannedRun], spec: SweepSpec | None = None) -> tuple[list[str], float]:
     """Lines of the dry-run table (estimate, what it rests on, and the measured time of done
     runs; with ``spec`` per-phase totals and wall times on its backend, and the basis of the
-    estimates per model and method) and the estimated seconds of work left."""
+    estimates per model and method) and the estimated seconds of work left (on a local CPU
+    backend the wall time of its queue over the CPU slots, else summed over runs)."""
     from castlab.sweep import estimate
 
     basis: list[str] = []
@@ -69,6 +70,10 @@ def plan_table(plan: list[PlannedRun], spec: SweepSpec | None = None) -> tuple[l
         took = format_seconds(_measured(run.run_dir)) if state == "done" else ""
         lines.append(f"{run.run_id:<22} {run.kind:<7} {state:<8} {format_seconds(seconds):>8} "
                      f"{detailed[run.run_id].basis:<5} {took:>8}  {run.label}")
+    if spec is not None and spec.backend_name == "local" and not any(
+            wants_cuda(r.config.device) for r in plan):  # the CPU queue's wall, not the sum
+        todo = [r for r in plan if store.run_state(r.run_dir) in LEFT_STATES]
+        left = estimate.wall_seconds(todo, estimates, spec)
     if spec is not None:
         lines += phases.phase_summary(plan, estimates, spec, LEFT_STATES)
         if any(wants_cuda(r.config.device) for r in plan):
@@ -151,7 +156,8 @@ def _cmd_sweep(args) -> int:
         shared = any(wants_cuda(r.config.device) for r in plan)  # runs may share cards
         print(f"{len(plan)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
               f"estimated time left {format_seconds(left)}"
-              + (" summed over runs (wall per phase above)" if shared else "")
+              + (" summed over runs (wall per phase above)" if shared else
+                 "" if spec.backend_name == "local" else " summed over runs")
               + f"; results in {spec.results_dir()}")
         return 0
 
@@ -167,6 +173,13 @@ def _cmd_sweep(args) -> int:
     every = {} if args.quiet else plan_estimates(plan, spec)
     estimates = {r.run_id: every[r.run_id] or 0.0 for r in plan
                  if every and store.run_state(r.run_dir) in todo}
+    expected = None
+    if estimates and spec.backend_name == "local" and not any(
+            wants_cuda(r.config.device) for r in plan):
+        from castlab.sweep import estimate
+
+        expected = estimate.wall_seconds([r for r in plan if r.run_id in estimates], estimates,
+                                         spec)
     started = time.time()
     tracker = SweepProgress(total=len(plan), estimates=estimates, started=started)
     try:
@@ -179,8 +192,9 @@ def _cmd_sweep(args) -> int:
     teachers = sum(r.kind == "teacher" for r in plan)
     print(f"sweep {spec.name}{'' if phase == 'all' else f' (phase {phase})'}: {len(outcomes)} runs ({teachers} teacher"
           f"{'s' * (teachers != 1)} + {len(outcomes) - teachers}) in {format_seconds(time.time() - started)}"
-          + (f" (estimated {format_seconds(sum(estimates.values()))} before it started)"
-             if estimates else "") + ": "
+          + (f" (estimated {format_seconds(expected)} before it started)" if expected is not None
+             else f" (estimated {format_seconds(sum(estimates.values()))} of run time before it "
+             "started)" if estimates else "") + ": "
           + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
     print(f"results in {spec.results_dir()} (castlab status {spec.results_dir()})")
     return 1 if counts.get("failed") or counts.get("blocked") else 0

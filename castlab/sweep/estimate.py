@@ -298,6 +298,18 @@ def cpu_slots(spec) -> int:
     return spec.backend_options.concurrent_cpu_runs()
 
 
+def wall_seconds(plan, estimates: dict[str, float | None], spec) -> float:
+    """Expected wall seconds of ``plan`` on a local CPU backend: teachers, then students, each
+    phase the backend's queue over its CPU slots plus the sweep's start-up (0 for no runs)."""
+    slots = cpu_slots(spec)
+    total = 0.0
+    for kind in ("teacher", "run"):
+        seconds = [estimates.get(r.run_id) or 0.0 for r in plan if r.kind == kind]
+        if seconds:
+            total += SWEEP_START_SECONDS + queue_seconds(seconds, min(slots, len(seconds)))
+    return total
+
+
 def queue_seconds(seconds: list[float], slots: int) -> float:
     """Wall seconds of runs taken in order from one queue by ``slots`` workers."""
     free = [0.0] * max(1, slots)
