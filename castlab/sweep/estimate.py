@@ -88,18 +88,24 @@ def stored_rates(dirs: list[Path], threads_by_model: dict[tuple[str, str], int] 
     df = df[(df["status"] == "ok") & (df["tokens_per_second"] > 0)]
     if "device" in df:
         df = df[~df["device"].fillna("cpu").astype(str).str.startswith("cuda")]
-    if shape is not None:
-        df = df[(df["batch_size"] == shape[0]) & (df["seq_len"] == shape[1])]
+    if shape is not None:  # rows that do not say their shape count for any
+        for column, value in zip(("batch_size", "seq_len"), shape, strict=True):
+            if column in df:
+                df = df[(df[column] == value) | df[column].isna()]
     out = {}
     for key, group in df.groupby(["model", "method"]):
         wanted = (threads_by_model or {}).get(key)
         if "threads" in group and wanted is not None and (group["threads"] == wanted).any():
             group = group[group["threads"] == wanted]
-        overhead = (group["wall_seconds"] - group["train_seconds"]).clip(lower=0)
+        # rows without their timing split: the timed-steps basis's load allowance
+        overhead = ((group["wall_seconds"] - group["train_seconds"]).clip(lower=0)
+                    if {"wall_seconds", "train_seconds"} <= set(group) else pd.Series(dtype=float))
+        overhead = overhead.dropna()
         threads = (",".join(str(int(t)) for t in sorted(set(group["threads"].dropna())))
                    if "threads" in group else "?")
         out[key] = StoredRate(float(group["tokens_per_second"].median()),
-                              float(overhead.median()), len(group), threads or "?",
+                              float(overhead.median()) if len(overhead) else LOAD_SECONDS,
+                              len(group), threads or "?",
                               ", ".join(sorted(set(group["_folder"]))))
     return out
 
