@@ -282,3 +282,20 @@ def test_report_names_what_changed_since_the_previous_study():
 
     assert "masked_decay_ratio 48" in PREVIOUS_NOTES["opt_family_v2"]
     assert PREVIOUS_NOTES["opt_family_v1"].startswith("lambda auto factor 3")
+
+
+# ---- the decay-budget warning under a decoupled decay ------------------------------------------
+
+
+@pytest.mark.parametrize("ended, warned", [(0.0004, False), (0.05, True), (float("nan"), True)])
+def test_decay_warning_is_silent_when_the_masked_weights_ended_at_zero(ended, warned):
+    from types import SimpleNamespace
+
+    from castlab import train
+
+    # sampled masked steps of 0.1 lr over 10 steps of lr 1: distance 1.0 < typical |theta| 5
+    life = SimpleNamespace(step_samples=[(0, 0.1), (9, 0.1)], typical_masked=5.0)
+    cfg = TrainConfig(method="cast", model="m", init="t", lr_schedule="constant", warmup_frac=0.0)
+    ctx = SimpleNamespace(cfg=cfg, extras={"diagnostics": {"masked_kept_ratio": ended}})
+    train._decay_budget_warning(ctx, SimpleNamespace(life=life), 1.0, 10)
+    assert bool(ctx.extras["decay_budget_warning"]) == warned
