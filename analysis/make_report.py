@@ -10,6 +10,10 @@ earlier study (RESULTS_v1) and the long-budget companion (RESULTS_long) beside t
     python -m analysis.make_report --reuse-law                      # from the stored law study
     python -m analysis.make_report --ship-from results/opt_family   # copy a sweep in, then write
 
+Re-shipping a new default study keeps the current one as the previous study:
+``git mv results/reference/opt_family results/reference/opt_family_v2`` first (the highest
+``_vN`` sibling is the previous study the report summarises), then ``--ship-from``.
+
 The long-budget companion sweep (sweeps/opt_family_long.yaml) is shipped into the sibling folder
 ``results/reference/opt_family_long`` (``--ship-from results/opt_family_long --results
 results/reference/opt_family_long --ship-only``); when present, its own law study is fitted and
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -51,8 +56,11 @@ SHIPPED = (store.RESULT_FILE, store.CURVE_FILE, store.CONFIG_FILE)
 
 
 def previous_of(results: Path) -> Path:
-    """Where an earlier study of ``results`` lives: the sibling folder ``RESULTS_v1``."""
-    return results.with_name(results.name + "_v1")
+    """Where the study before ``results`` lives: the sibling ``RESULTS_vN`` with the highest N
+    (a re-shipped study moves the current rows to the next N), ``RESULTS_v1`` when none exists."""
+    found = [(int(m.group(1)), p) for p in results.parent.glob(results.name + "_v*")
+             if (m := re.fullmatch(re.escape(results.name) + r"_v(\d+)", p.name)) and p.is_dir()]
+    return max(found)[1] if found else results.with_name(results.name + "_v1")
 
 
 def companion_of(results: Path) -> Path:

@@ -7,6 +7,7 @@ tests/test_report.py can rebuild each block and compare it with the shipped repo
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 
@@ -98,6 +99,23 @@ def law_figures_drawn(study: dict) -> bool:
         r.get("form") == study["chosen"] and r.get("target") == "total"
         and r.get("rel_err") is not None and r["rel_err"] == r["rel_err"]
         for r in study.get("heldout", []))
+
+
+# What changed since each earlier study (keyed by its folder name), shown with its summary
+PREVIOUS_NOTES = {
+    "opt_family_v1": "lambda auto factor 3 (now 300), budgets 16k-262k tokens spanning 16x (now "
+                     "16k-131k, 8x, to keep the sweep near 20 minutes), teachers on 4M tokens (now "
+                     "3M), repeated seeds only at the largest budget (now at the smallest too), "
+                     "sr-ste / ast at 65k tokens (now at the largest budget), one exec'd process "
+                     "per run (now forked from a warm server).",
+    "opt_family_v2": "one teacher per size (now two teacher seeds, run seed s from teacher s mod "
+                     "2), budgets 16k-131k spanning 8x (now 16k-262k, 16x), and the continued-"
+                     "training recipe of CAST and its twin: peak lr 0.1 x the teacher's with a 5% "
+                     "re-warm-up and spec-literal AdamS moments (now 0.03 x, no re-warm-up, "
+                     "bias-corrected moments, and CAST's masked decay decoupled from the kept "
+                     "weights' step, masked_decay_ratio 48: analysis/RECIPE_STUDY.md); runs one "
+                     "at a time with 2 threads (now two at once with one thread each).",
+}
 
 
 def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] | None = None,
@@ -194,13 +212,11 @@ def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
             b["companion-headline"], "", b["companion-shock"], "", b["companion-law-chosen"], "",
             b["companion-heldout-total"], "", b["companion-points"], "", b["companion-noise"], ""]
     if "previous-summary" in b:
+        note = PREVIOUS_NOTES.get(Path(previous_source).name, "")
         parts += [
             "## The earlier study", "",
-            f"The same summary of the earlier reference study (`{previous_source}`): lambda auto "
-            "factor 3 (now 300), budgets 16k-262k tokens spanning 16x (now 16k-131k, 8x, to keep "
-            "the sweep near 20 minutes), teachers on 4M tokens (now 3M), repeated seeds only at the largest "
-            "budget (now at the smallest too), sr-ste / ast at 65k tokens (now at the largest "
-            "budget), one exec'd process per run (now forked from a warm server).", "",
+            f"The same summary of the earlier reference study (`{previous_source}`)"
+            + (f": {note}" if note else "."), "",
             b["previous-summary"], ""]
     return "\n".join(parts)
 

@@ -211,7 +211,7 @@ def check_range(value: float, bounds: tuple[float, float | None, bool, bool], wh
 NOT_IN_RUN_ID = {"sweep", "threads", "zeroshot_tasks", "zeroshot_limit", "device", "compile"}
 # Settings added after runs were stored: they enter the run id only when set, so a stored run
 # (which never had them) keeps its id.
-IN_RUN_ID_WHEN_SET = {"dropout"}
+IN_RUN_ID_WHEN_SET = {"dropout", "masked_decay_ratio"}
 
 _KD = ("dense-kd", "dense-kd-adam", "cast", "sr-ste", "ast")
 _SPARSE = ("cast", "sr-ste", "ast") + ONESHOT_METHODS
@@ -224,7 +224,7 @@ READ_BY: dict[str, tuple[str, ...]] = {
     "min_lr_ratio": _LOOP, "betas": _LOOP, "eps": _LOOP, "grad_clip": _LOOP, "batch_size": _LOOP,
     "eval_every": _LOOP, "eval_tokens": _LOOP, "checkpoint_every": _LOOP,
     "lambda_": ("cast",), "lambda_auto_factor": ("cast",), "scale_blocks": ("cast",),
-    "adams_bias_correct": ("cast", "dense-kd"),
+    "adams_bias_correct": ("cast", "dense-kd"), "masked_decay_ratio": ("cast",),
     "eta": _KD, "kd_temperature": _KD, "kd": ("sr-ste", "ast"),
     "t1": ("cast", "sr-ste", "ast"), "nm_n": _SPARSE, "nm_m": _SPARSE,
     "srste_decay": ("sr-ste",), "ast_decay": ("ast",),
@@ -249,7 +249,9 @@ class TrainConfig:
     lr: float | None = None  # None: dense -> dense_lr; others -> from the teacher (train.resolve_lr)
     dense_lr: float = 3e-3  # default peak lr of dense pretraining from scratch
     lr_teacher_fraction: float = 0.1  # default peak lr of a continued run, x the teacher's peak lr
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    # wsd: warmup, constant, then linear to min_lr_ratio * peak over the last WSD_DECAY_FRAC of
+    # the steps (castlab.train.lr_at)
+    lr_schedule: Literal["cosine", "constant", "wsd"] = "cosine"
     warmup_frac: float = 0.05
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
     weight_decay: float = 0.0  # AdamW decoupled decay (dense pretraining only)
@@ -264,6 +266,11 @@ class TrainConfig:
     # (False; first steps ~10x lr). Measured (issue 15, opt-100k, 512 steps): literal 111.6 / 111.2
     # PPL vs corrected 112.1 / 111.3 at lambda factors 10 / 300, so the spec rule stays the default
     adams_bias_correct: bool = False
+    # A deviation from CAST_SPEC, off (None) by default: after each AdamS step the masked entries
+    # are also shrunk toward zero by a * ratio * lr_t (soft threshold, never past zero), a decay
+    # decoupled from the kept weights' step, so a low lr that spares the kept weights still
+    # reaches the masked weights (analysis/RECIPE_STUDY.md)
+    masked_decay_ratio: float | None = None
     eta: float = 1.0 / 3.0  # KD weight on KL(teacher || student)
     kd_temperature: float = 1.0
     t1: int = 10  # mask refresh interval in steps
@@ -304,6 +311,9 @@ class TrainConfig:
         from castlab.device import check_device_spec
 
         check_device_spec(self.device, f"{where}.device")
+        if self.masked_decay_ratio is not None and not self.masked_decay_ratio >= 0:
+            raise UserError(f"{where}.masked_decay_ratio: got {show(self.masked_decay_ratio)}, "
+                            "allowed a number >= 0 or null (off)")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise UserError(f"{where}.dropout: got {self.dropout}, allowed [0, 1) or null")
         self.tokens = parse_count(self.tokens, f"{where}.tokens") if self.tokens not in (0, "0") else 0

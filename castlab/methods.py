@@ -210,7 +210,8 @@ class Cast(_MaskLifeMixin, Dense):
                   {"params": _split_params(model, raw), "sparse": False}]
         self.optimizer = AdamS(groups, lr=lr, betas=cfg.betas, eps=cfg.eps,
                                lambda_=float(cfg.lambda_), total_steps=total_steps, t1=cfg.t1,
-                               n=cfg.nm_n, m=cfg.nm_m, bias_correct=cfg.adams_bias_correct)
+                               n=cfg.nm_n, m=cfg.nm_m, bias_correct=cfg.adams_bias_correct,
+                               masked_decay_ratio=cfg.masked_decay_ratio or 0.0)
         self._step = 0
         self._life_start(total_steps)  # AdamS.masks() computes the step-0 mask on demand
         return self.optimizer

@@ -266,7 +266,8 @@ def test_a_run_another_sweep_holds_does_not_collapse_the_eta(monkeypatch, tmp_pa
     runs = [PlannedRun(TrainConfig(method="dense", model="opt-tiny", seed=i, device="cpu"),
                        tmp_path / f"r{i}", "run") for i in range(3)]
     tracker = SweepProgress(total=3, estimates={"r0": 100.0, "r1": 100.0, "r2": 100.0})
-    backend = backends.LocalBackend(progress=True)
+    # one CPU run at a time, so r0 has ended when r1's line is printed
+    backend = backends.LocalBackend(backends.LocalBackend.Options(cpu_runs=1), progress=True)
     backend.tracker = tracker
     backend.execute(runs, retry_failed=False)
     headers = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[run")]

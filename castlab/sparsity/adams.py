@@ -11,6 +11,12 @@ For every in-scope scalar theta at run step t of T, with a = t / T (clamped to 1
 m~ is used for the step and thrown away (never written into m). Groups without ``sparse=True``
 (embeddings, norms, scaling factors) get plain Adam with the same lr and betas.
 
+``masked_decay_ratio=r > 0`` (a deviation from the spec, off by default) adds, after the step, a
+decay of the masked entries decoupled from the kept weights' step: theta <- sign(theta) *
+max(|theta| - a*r*lr, 0) where masked (a soft threshold that never crosses zero). The spec's
+masked pull is about one lr per step, so a small lr that spares the kept weights leaves the
+masked ones far from zero within a short budget; r gives them their own decay rate.
+
 ``bias_correct=True`` builds m~ from m / (1-b1^(t+1)) for both v and the step: the spec-literal
 rule feeds v the biased m~, whose bias v's own correction does not undo, so its first steps are
 ~10x lr (t = 0), 5.3x (t = 1), 2.2x (t = 5). A sparse group with ``prune=False`` keeps every entry
@@ -78,16 +84,20 @@ class AdamS(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, lambda_: float = 0.0, total_steps: int = 1, t1: int = 10,
-                 n: int = 2, m: int = 4, bias_correct: bool = False):
+                 n: int = 2, m: int = 4, bias_correct: bool = False,
+                 masked_decay_ratio: float = 0.0):
         if lr < 0 or eps < 0 or not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise UserError(f"AdamS: invalid lr={lr}, betas={betas} or eps={eps}")
         if lambda_ < 0:
             raise UserError(f"AdamS: lambda_ must be >= 0, got {lambda_}")
+        if masked_decay_ratio < 0:
+            raise UserError(f"AdamS: masked_decay_ratio must be >= 0, got {masked_decay_ratio}")
         if total_steps < 1 or t1 < 1:
             raise UserError(f"AdamS: total_steps ({total_steps}) and t1 ({t1}) must be >= 1")
         check_nm_args(n, m)
         self.lambda_, self.total_steps, self.t1, self.n, self.m = lambda_, total_steps, t1, n, m
         self.bias_correct = bias_correct
+        self.masked_decay_ratio = masked_decay_ratio
         self.flip_rates: list[tuple[int, float]] = []  # (step, fraction of mask entries changed)
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "sparse": False, "prune": True,
                     "step": 0}
@@ -214,8 +224,11 @@ class AdamS(torch.optim.Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         prune = group["sparse"] and group.get("prune", True)
         alpha = min(t / self.total_steps, 1.0) if prune else 0.0
+        shrink = alpha * getattr(self, "masked_decay_ratio", 0.0) * group["lr"]
         if params[0].device.type in FUSED_DEVICES:
             self._update_group_fused(group, params, t, alpha)
+            if shrink > 0:
+                _masked_shrink_(params, [self.state[p]["pruned"] for p in params], shrink)
             return
         streams = [(p, p.grad, self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"],
                     self.state[p]["pruned"] if alpha > 0 else None) for p in params]
@@ -239,6 +252,8 @@ class AdamS(torch.optim.Optimizer):
             # m~ (b1*m~ + (1-b1)*m~), v tracks m~^2 (kept entries: m^2) and the step uses m~,
             # which is the CAST update; m itself is never touched.
             _adam_tail(ps, blended, blended, vs, **hyper)
+            if shrink > 0:
+                _masked_shrink_(ps, pruned, shrink)
 
     def _update_group_fused(self, group: dict, params: list[torch.Tensor], t: int,
                            alpha: float) -> None:
@@ -309,6 +324,15 @@ class AdamS(torch.optim.Optimizer):
         for p in self._sparse_params():
             if "pruned" in self.state[p]:
                 self.state[p]["pruned"] = self.state[p]["pruned"].to(torch.uint8)
+
+
+def _masked_shrink_(params: list[torch.Tensor], pruned: list[torch.Tensor], amount: float) -> None:
+    """Soft-threshold the masked entries in place: theta <- sign(theta) * max(|theta| - amount, 0)
+    where ``pruned`` (uint8 or 0./1.) is set; kept entries are left bit for bit as they are."""
+    for p, pr in zip(params, pruned, strict=True):
+        cut = pr.to(p.dtype) * amount
+        smaller = torch.clamp_min(p.abs() - cut, 0.0)
+        p.copy_(torch.where(pr.bool(), torch.sign(p) * smaller, p))
 
 
 _NO_FUSED_ADAM: set[str] = set()  # device types whose torch build lacks the fused Adam kernel

@@ -6,8 +6,9 @@ runs whose prerequisites are done and returns {run_id: outcome}. Add one by writ
 an ``Options`` dataclass and ``execute`` and registering it in ``BACKENDS``.
 
 GPUs: the local backend runs ``runs_per_gpu`` runs (default 1) per visible GPU at a time, each
-child pinned to its card with ``CUDA_VISIBLE_DEVICES`` (runs with ``device: cpu`` or a fixed ``cuda:N`` go one after
-another, as on a CPU machine); Ray pins through ``num_gpus`` (Ray sets the variable for its
+child pinned to its card with ``CUDA_VISIBLE_DEVICES``; CPU runs (``device: cpu``, or no GPU
+visible; a fixed ``cuda:N`` too) go ``cpu_runs`` at a time (default: one per core, one thread
+each: measured faster than one run on every core for the ladder presets, analysis/RECIPE_STUDY.md); Ray pins through ``num_gpus`` (Ray sets the variable for its
 workers); SLURM through submitit's GPU options. This module imports nothing of the plan or the
 sweep file (only for type checking), so ``spec`` can import ``BACKENDS`` without a cycle.
 """
@@ -15,6 +16,7 @@ sweep file (only for type checking), so ``spec`` can import ``BACKENDS`` without
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass, field
@@ -88,36 +90,65 @@ def spreads_over_gpus(run: PlannedRun) -> bool:
     return run.config.device in ("auto", "cuda")
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity set where the OS has one)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def cpu_run_threads(config_threads: int, cpu_runs: int, cores: int) -> int:
+    """Torch threads of one of ``cpu_runs`` concurrent CPU runs on ``cores`` cores: the run's
+    own setting (0: all it may have) capped at its share of the cores, at least 1. A single run
+    (``cpu_runs`` 1) keeps its setting as it is."""
+    if cpu_runs <= 1:
+        return config_threads
+    share = max(1, cores // cpu_runs)
+    return share if config_threads == 0 else min(config_threads, share)
+
+
 @dataclass
 class LocalBackend:
     """Runs on this machine, each in its own child process: ``runs_per_gpu`` per visible GPU at
-    a time, or one after another without GPUs (parallel runs on one CPU machine only slow each
-    other)."""
+    a time, and CPU runs ``cpu_runs`` at a time (default one per core, each on its share of the
+    cores)."""
 
     @dataclass
     class Options:
         """``gpus``: most GPUs to use at once (null: every visible one; 0: none).
         ``runs_per_gpu``: concurrent runs per GPU; small models leave a large card mostly idle
-        (their steps are bound by kernel launches), so several share it."""
+        (their steps are bound by kernel launches), so several share it.
+        ``cpu_runs``: concurrent CPU runs (null: one per core), each with its share of the
+        cores as torch threads (the run's ``threads`` capped at cores // cpu_runs); 1 runs them
+        one after another with their own thread setting, as before."""
 
         gpus: int | None = None
         runs_per_gpu: int = 1
+        cpu_runs: int | None = None
 
         def validate(self, where: str) -> None:
-            """gpus is a count; runs_per_gpu a whole number >= 1."""
+            """gpus is a count; runs_per_gpu and cpu_runs whole numbers >= 1."""
             if self.gpus is not None and self.gpus < 0:
                 raise UserError(f"{where}.gpus: got {self.gpus}, allowed >= 0 or null")
-            k = self.runs_per_gpu
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise UserError(f"{where}.runs_per_gpu: got {k!r}, allowed an integer >= 1")
+            for name in ("runs_per_gpu", "cpu_runs"):
+                k = getattr(self, name)
+                if k is None and name == "cpu_runs":
+                    continue
+                if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                    raise UserError(f"{where}.{name}: got {k!r}, allowed an integer >= 1"
+                                    + (" or null (one per core)" if name == "cpu_runs" else ""))
+
+        def concurrent_cpu_runs(self) -> int:
+            """CPU runs at once: ``cpu_runs``, or one per core when it is null."""
+            return self.cpu_runs if self.cpu_runs is not None else cpu_cores()
 
     options: Options = field(default_factory=Options)
     progress: bool = True
     tracker: SweepProgress | None = None  # sweep-wide 'run k of N' lines replace the bar
 
     def execute(self, runs: list[PlannedRun], retry_failed: bool) -> dict[str, Outcome]:
-        """Run with a bar over runs; CPU runs in turn (the child's own bar shows within each),
-        GPU runs ``runs_per_gpu`` per card at a time."""
+        """Run with a bar over runs; CPU runs ``cpu_runs`` at a time (with one at a time the
+        child's own bar shows within each), GPU runs ``runs_per_gpu`` per card at a time."""
         gpus = visible_gpus() if any(spreads_over_gpus(r) for r in runs) else []
         if self.options.gpus is not None:
             gpus = gpus[:self.options.gpus]
@@ -125,51 +156,67 @@ class LocalBackend:
         in_turn = [r for r in runs if r not in on_gpus]
         out: dict[str, Outcome] = {}
         track = self.tracker
+        cpu_runs = min(self.options.concurrent_cpu_runs(), len(in_turn))
         with tqdm(total=len(runs), desc="sweep", unit="run", dynamic_ncols=True,
                   disable=not self.progress or track is not None) as bar:
+            if cpu_runs > 1:
+                cores = cpu_cores()
+                shared = [dataclasses.replace(r, config=dataclasses.replace(
+                    r.config, threads=cpu_run_threads(r.config.threads, cpu_runs, cores)))
+                    for r in in_turn]
+                self._execute_in_slots(shared, [None] * cpu_runs, retry_failed, bar, out)
+                in_turn = []
             for run in in_turn:
                 bar.set_postfix_str(f"{run.run_id}", refresh=True)
                 began = track.begin(run.run_id, run.label, self.progress) if track else 0.0
                 out[run.run_id] = execute_run(run.config, run.run_dir, retry_failed,
                                               echo=self.progress)
                 if track:
-                    # a run another sweep holds ("running") or skipped took no time here: not a rate sample
+                    # a run another sweep holds ("running") or skipped took no time here:
+                    # not a rate sample
                     track.end(run.run_id, began, executed=out[run.run_id] in ("done", "failed"))
                 _report(bar, run, out[run.run_id])
             if on_gpus:
                 slots = gpu_slots(gpus, self.options.runs_per_gpu)
-                self._execute_on_gpus(on_gpus, slots, retry_failed, bar, out)
+                self._execute_in_slots(on_gpus, slots, retry_failed, bar, out)
         return out
 
-    def _execute_on_gpus(self, runs: list[PlannedRun], gpus: list[str], retry_failed: bool,
-                         bar: tqdm, out: dict[str, Outcome]) -> None:
-        """One worker thread per slot (``gpus`` lists a card once per slot) takes the next run
-        and trains it pinned to the slot's card.
+    def _execute_in_slots(self, runs: list[PlannedRun], slots: list[str | None],
+                          retry_failed: bool, bar: tqdm, out: dict[str, Outcome]) -> None:
+        """One worker thread per slot takes the next run and trains it: pinned to the slot's
+        card (``slots`` lists a GPU id once per slot), or on the CPU for a None slot.
 
         The threads are daemons: an interrupted sweep exits, and its children follow (each
         child dies with the sweep, see runner), leaving checkpoints to resume from.
         """
         queue, lock = list(runs), threading.Lock()
-        echo = self.progress and len(gpus) == 1  # several children's bars would interleave
+        echo = self.progress and len(slots) == 1  # several children's bars would interleave
+        track = self.tracker
 
-        def worker(gpu: str) -> None:
+        def worker(gpu: str | None) -> None:
             while True:
                 with lock:
                     if not queue:
                         return
                     run = queue.pop(0)
+                    began = track.begin(run.run_id, run.label, self.progress) if track else 0.0
+                env = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None
                 try:
                     outcome = execute_run(run.config, run.run_dir, retry_failed, echo=echo,
-                                          env={"CUDA_VISIBLE_DEVICES": gpu})
+                                          env=env)
                 except Exception as err:  # noqa: BLE001 - that run only; the others go on
-                    tqdm.write(f"  run {run.run_id} on GPU {gpu} failed to start: {err}")
+                    where = f"on GPU {gpu}" if gpu is not None else "on the CPU"
+                    tqdm.write(f"  run {run.run_id} {where} failed to start: {err}")
                     outcome = "failed"
                 with lock:
                     out[run.run_id] = outcome
+                    if track:
+                        track.end(run.run_id, began, executed=outcome in ("done", "failed"))
                     _report(bar, run, outcome)
 
         threads = [threading.Thread(target=worker, args=(gpu,), daemon=True,
-                                    name=f"castlab-gpu-{gpu}-{i}") for i, gpu in enumerate(gpus)]
+                                    name=f"castlab-slot-{gpu or 'cpu'}-{i}")
+                   for i, gpu in enumerate(slots)]
         for thread in threads:
             thread.start()
         for thread in threads:

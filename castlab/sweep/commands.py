@@ -32,16 +32,13 @@ TEACHER_CONVERGENCE_TOLERANCE = 0.02
 LEFT_STATES = ("pending", "running", "corrupt")  # states whose runs a sweep still has to do
 
 
-def plan_estimates(plan: list[PlannedRun]) -> dict[str, float | None]:
-    """Estimated wall seconds per run id: stored runs' rates, else a few timed steps here; a
-    CUDA run from stored CUDA rates, else the H200 throughput model (never timed here)."""
-    from castlab.device import wants_cuda
-    from castlab.sweep.plan import estimate_seconds, measured_throughput
+def plan_estimates(plan: list[PlannedRun], spec: SweepSpec | None = None,
+                   basis_lines: list[str] | None = None) -> dict[str, float | None]:
+    """Estimated wall seconds per run id (castlab.sweep.estimate: stored rows, else timed steps
+    here; CUDA runs from stored CUDA rates or the H200 model, never timed here)."""
+    from castlab.sweep import estimate
 
-    dirs = sorted({r.run_dir.parent for r in plan})
-    cpu, gpu = measured_throughput(dirs), measured_throughput(dirs, cuda=True)
-    return {r.run_id: estimate_seconds(r, gpu if wants_cuda(r.config.device) else cpu,
-                                       calibrate=True) for r in plan}
+    return {k: v.seconds for k, v in estimate.plan_estimates(plan, spec, basis_lines).items()}
 
 
 def _measured(run_dir: Path) -> float | None:
@@ -55,15 +52,20 @@ def _measured(run_dir: Path) -> float | None:
 
 
 def plan_table(plan: list[PlannedRun], spec: SweepSpec | None = None) -> tuple[list[str], float]:
-    """Lines of the dry-run table (estimate, and the measured time of done runs; with ``spec``
-    per-phase totals and wall times on its backend) and the estimated seconds of work left."""
+    """Lines of the dry-run table (estimate, what it rests on, and the measured time of done
+    runs; with ``spec`` per-phase totals and wall times on its backend, and the basis of the
+    estimates per model and method) and the estimated seconds of work left (on a local CPU
+    backend the wall time of its queue over the CPU slots, else summed over runs)."""
     from castlab import store
     from castlab.device import wants_cuda
-    from castlab.sweep import gpu_estimate, phases
+    from castlab.sweep import estimate, gpu_estimate, phases
     from castlab.sweep.plan import format_seconds
 
-    estimates = plan_estimates(plan)
-    lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} {'estimate':>8} {'took':>8}  cell"]
+    basis: list[str] = []
+    detailed = estimate.plan_estimates(plan, spec, basis)
+    estimates = {k: v.seconds for k, v in detailed.items()}
+    lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} {'estimate':>8} {'basis':<5} "
+             f"{'took':>8}  cell"]
     left = 0.0
     for run in plan:
         state = store.run_state(run.run_dir)
@@ -72,11 +74,19 @@ def plan_table(plan: list[PlannedRun], spec: SweepSpec | None = None) -> tuple[l
             left += seconds
         took = format_seconds(_measured(run.run_dir)) if state == "done" else ""
         lines.append(f"{run.run_id:<22} {run.kind:<7} {state:<8} {format_seconds(seconds):>8} "
-                     f"{took:>8}  {run.label}")
+                     f"{detailed[run.run_id].basis:<5} {took:>8}  {run.label}")
+    if spec is not None and spec.backend_name == "local" and not any(
+            wants_cuda(r.config.device) for r in plan):  # the CPU queue's wall, not the sum
+        todo = [r for r in plan if store.run_state(r.run_dir) in LEFT_STATES]
+        left = estimate.wall_seconds(todo, estimates, spec)
     if spec is not None:
         lines += phases.phase_summary(plan, estimates, spec, LEFT_STATES)
         if any(wants_cuda(r.config.device) for r in plan):
             lines.append(gpu_estimate.assumptions())
+    if basis:
+        lines.append("estimates rest on (rows: stored runs' median rate and overhead; timed: "
+                     f"real steps timed here; each run + {estimate.FORK_SECONDS:.0f} s to start):")
+        lines += basis
     return lines, left
 
 
@@ -173,7 +183,8 @@ def _cmd_sweep(args) -> int:
         shared = any(wants_cuda(r.config.device) for r in plan)  # runs may share cards
         print(f"{len(plan)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
               f"estimated time left {format_seconds(left)}"
-              + (" summed over runs (wall per phase above)" if shared else "")
+              + (" summed over runs (wall per phase above)" if shared else
+                 "" if spec.backend_name == "local" else " summed over runs")
               + f"; results in {spec.results_dir()}")
         return 0
 
@@ -190,8 +201,14 @@ def _cmd_sweep(args) -> int:
     print_skipped(plan, states, todo, spec, args.retry_failed)
     # --quiet shows no progress lines: skip the estimate (it may time a few steps per preset)
     # (of the whole plan, as the dry run: done runs' rows are what the rates come from)
-    every = {} if args.quiet or not todo else plan_estimates(plan)
+    every = {} if args.quiet or not todo else plan_estimates(plan, spec)
     estimates = {r.run_id: every.get(r.run_id) or 0.0 for r in todo}
+    expected = None
+    if estimates and spec.backend_name == "local" and not any(
+            wants_cuda(r.config.device) for r in plan):
+        from castlab.sweep import estimate
+
+        expected = estimate.wall_seconds(todo, estimates, spec)
     started = time.time()
     # 'run k/N' counts the runs this invocation has to do; the skipped ones get no line
     tracker = SweepProgress(total=len(todo), estimates=estimates, started=started)
@@ -205,8 +222,9 @@ def _cmd_sweep(args) -> int:
     teachers = sum(r.kind == "teacher" for r in plan)
     print(f"sweep {spec.name}{'' if phase == 'all' else f' (phase {phase})'}: {len(outcomes)} runs ({teachers} teacher"
           f"{'s' * (teachers != 1)} + {len(outcomes) - teachers}) in {format_seconds(time.time() - started)}"
-          + (f" (estimated {format_seconds(sum(estimates.values()))} before it started)"
-             if any(estimates.values()) else "") + ": "
+          + (f" (estimated {format_seconds(expected)} before it started)" if expected is not None
+             else f" (estimated {format_seconds(sum(estimates.values()))} of run time before it "
+             "started)" if estimates else "") + ": "
           + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
     for line in flagged_lines(_plan_rows(plan)):
         print(line)

@@ -96,10 +96,18 @@ def phase_summary(plan: list[PlannedRun], estimates: dict[str, float | None], sp
         head = (f"phase {phase}: {len(left)} of {len(group)} runs left, "
                 f"{format_seconds(total)} of run time")
         cuda = [r for r in left if wants_cuda(r.config.device)]
-        if spec.backend_name != "local" or not cuda:
-            wall = total if spec.backend_name == "local" else None
-            lines.append(head + (f"; wall {format_seconds(wall)} (one run at a time)"
-                                 if wall is not None else f" (backend {spec.backend_name})"))
+        if spec.backend_name != "local":
+            lines.append(head + f" (backend {spec.backend_name})")
+            continue
+        if not cuda:  # the local backend's queue over its CPU slots
+            from castlab.sweep.estimate import SWEEP_START_SECONDS, cpu_slots, queue_seconds
+
+            slots = min(cpu_slots(spec), len(left)) or 1
+            wall = (SWEEP_START_SECONDS + queue_seconds(
+                [estimates.get(r.run_id) or 0.0 for r in left], slots)) if left else 0.0
+            lines.append(head + f"; wall {format_seconds(wall)} ("
+                         + ("one run at a time" if slots == 1 else f"{slots} runs at once")
+                         + ")")
             continue
         if rates is None:
             rates = measured_throughput(sorted({r.run_dir.parent for r in plan}), cuda=True)
