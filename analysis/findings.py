@@ -30,12 +30,13 @@ def _answer(items: list[tuple[bool, str]], none: str) -> str:
 
 def sweep_time(timing: dict | None) -> str:
     """The sweep's wall time, teachers cached and from a cold cache where known."""
-    if not timing or timing.get("wall_seconds") is None:
-        return f"{UNKNOWN} (pass --sweep-seconds or write sweep_timing.json)"
-    text = f"{_minutes(float(timing['wall_seconds']))} with teachers cached"
-    if timing.get("cold_cache_wall_seconds") is not None:
-        text += f"; {_minutes(float(timing['cold_cache_wall_seconds']))} from a cold cache"
-    return text
+    parts = []
+    if timing and timing.get("wall_seconds") is not None:
+        parts.append(f"{_minutes(float(timing['wall_seconds']))} with teachers cached")
+    if timing and timing.get("cold_cache_wall_seconds") is not None:
+        parts.append(f"{_minutes(float(timing['cold_cache_wall_seconds']))} from a cold cache "
+                     "(teachers trained)")
+    return "; ".join(parts) or f"{UNKNOWN} (pass --sweep-seconds or write sweep_timing.json)"
 
 
 def _chosen_total(study: dict) -> pd.DataFrame:

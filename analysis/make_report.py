@@ -106,7 +106,7 @@ def ship(src: Path, dst: Path) -> tuple[int, list[str]]:
 
 def sweep_timing(results: Path, seconds: float | None, cold: float | None) -> dict | None:
     """The sweep wall time from the command line, else from ``results/sweep_timing.json``."""
-    if seconds is not None:
+    if seconds is not None or cold is not None:
         return {"wall_seconds": seconds, "cold_cache_wall_seconds": cold, "source": "command line"}
     path = results / TIMING_FILE
     if not path.is_file():

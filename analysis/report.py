@@ -187,15 +187,12 @@ def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
         "masked/kept is mean |masked| / mean |kept| weight at the end. Wall seconds cover one "
         "run each; teacher pretraining (cached, shared by every sweep) is not included.", "",
         b["runs"], "", b["failed"], "",
-        "## Why the D/4 -> D predictions miss", "",
-        "CAST per budget, over sizes and seeds. A law fitted on budgets <= D/4 learns from runs "
-        "whose final hard prune still costs a large shock (AdamS has not yet pulled the masked "
-        "weights to zero in so few steps), then predicts D where the shock is gone: it "
-        "extrapolates the steep descent of the shock regime and predicts too low a PPL (see the "
-        "bias of the D/4 rows above). More budget steps per token (smaller batches), or budgets "
-        "whose smallest member already completes the decay, would keep the fitted runs in the "
-        "regime they predict; both cost sweep time that a sweep sized to about 20 minutes on "
-        "2 CPU cores does not have.",
+        "## The prune shock per budget", "",
+        "CAST per budget, over sizes and seeds. A run too short for AdamS to pull the masked "
+        "weights to zero pays a shock at its final hard prune; the largest budget D has none. A "
+        "law fitted on budgets <= D/4 learns from such runs and then predicts D: where it follows "
+        "the steep descent of the shock regime it predicts too low a PPL (a negative bias in the "
+        "D/4 rows above). The table shows which budgets of this study still pay the shock.",
         "", b["shock-by-budget"], "",
     ]
     if companion is not None:
@@ -205,8 +202,8 @@ def render(rows: pd.DataFrame, study: dict, previous: tuple[pd.DataFrame, dict] 
             "on opt-100k (the same cached teacher), budgets 8x longer than the main study "
             "(512 to 4,096 optimizer steps of 4 x 64 tokens), so even the smallest budget ends "
             "with the masked weights near zero. Everything else is as in the main study. It tests "
-            "the explanation above: if the D/4 miss comes from fitting shock-regime runs, the "
-            "same forms should predict D from D/4 here. The law study is stored in "
+            "the shock explanation above: if a D/4 miss comes from fitting shock-regime runs, "
+            "the same forms should predict D from D/4 here. The law study is stored in "
             f"`{companion_source}/report_law.json`.", "",
             b["companion-summary"], "",
             b["companion-headline"], "", b["companion-shock"], "", b["companion-law-chosen"], "",

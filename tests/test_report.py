@@ -85,7 +85,9 @@ def test_summary_from_rows(rows):
     assert "opt-a: +60.0% -> +40.0% -> +24.0%" in text
     assert findings.sweep_time(None).startswith(findings.UNKNOWN)
     assert findings.sweep_time({"wall_seconds": 1300.0, "cold_cache_wall_seconds": 2400.0}) == \
-        "21.7 min with teachers cached; 40.0 min from a cold cache"
+        "21.7 min with teachers cached; 40.0 min from a cold cache (teachers trained)"
+    assert findings.sweep_time({"wall_seconds": None, "cold_cache_wall_seconds": 2056.0}) == \
+        "34.3 min from a cold cache (teachers trained)"  # was 'unknown' with only the cold time
 
 
 def test_gap_noise_hand_computed(rows):

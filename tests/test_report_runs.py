@@ -124,3 +124,30 @@ def test_cast_seed_noise_is_the_residual_band(rows):
     # opt-a's cast cell at 4,000 tokens (60, 62, 64): sd 2 over mean 62; opt-b has no repeats
     assert cast_seed_noise(rows) == pytest.approx(2 / 62)
     assert math.isnan(cast_seed_noise(rows[rows["model"] == "opt-b"]))
+
+
+def test_two_teachers_per_size_are_both_in_the_cells_table(tmp_path):
+    """Runs started from two teachers of one size (teacher_seeds [0, 1]): the cells table's
+    teacher row lists both seeds and their spread (it showed one teacher's seed, no sd, beside
+    the two teachers' mean PPL)."""
+    import pandas as pd
+    import yaml
+
+    inits = []
+    for seed in (0, 1):
+        run = tmp_path / f"teacher{seed}"
+        (run / "model").mkdir(parents=True)
+        (run / store.CONFIG_FILE).write_text(yaml.safe_dump(
+            {"method": "dense", "tokens": 3_000_000, "seq_len": 64, "seed": seed}))
+        inits.append(str(run / "model"))
+    rows = pd.DataFrame({"model": ["opt-a"] * 3, "init": [inits[0], inits[1], inits[0]]})
+    assert runs.teacher_info(rows) == {"opt-a": {"tokens": 3_000_000, "seq_len": 64,
+                                                 "seeds": [0, 1]}}
+    store_rows = store.load(make_store(tmp_path / "store"))
+    ppl = {0: 50.0, 1: 52.0}
+    two = store_rows[store_rows["model"] == "opt-a"].assign(
+        teacher_ppl=lambda d: d["seed"].map(lambda s: ppl[s % 2]))
+    long = runs.ppl_table(two, {"opt-a": {"tokens": 3_000_000, "seq_len": 64, "seeds": [0, 1]}})
+    teach = long[long["method"] == "dense teacher"].iloc[0]
+    assert (teach["seeds"], teach["PPL"], teach["PPL sd (seeds)"]) == \
+        ("0,1", "51.00", f"{statistics.stdev([50.0, 52.0]):.2f}")

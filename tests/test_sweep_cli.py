@@ -10,6 +10,7 @@ import io
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -248,7 +249,6 @@ def test_whole_steps_keep_every_nominal_halving_below_its_cut(per_step):
 def test_a_run_another_sweep_holds_does_not_collapse_the_eta(monkeypatch, tmp_path, capsys):
     """Two sweeps on one plan: a run the other holds returns 'running' at once; counting it as
     executed (0 s against its estimate) scaled every later ETA to ~0 ('ETA 0s' was printed)."""
-    import time
 
     from castlab.config import TrainConfig
     from castlab.sweep import backends
@@ -274,3 +274,22 @@ def test_a_run_another_sweep_holds_does_not_collapse_the_eta(monkeypatch, tmp_pa
     assert len(headers) == 3
     assert "ETA 3m20s]" in headers[1]  # r1, r2 left at their estimates: nothing measured yet
     assert tracker.spent_estimate == 200.0  # r1 and r2 only
+
+
+def test_eta_divides_the_work_left_over_the_runs_trained_at_once(capsys):
+    """Two CPU runs at once (cpu_runs 2) finish four 100 s runs in about 200 s, not 400 s: the
+    first line printed 'ETA 6m40s' (the sum of the runs' estimates) against a 35 min dry run."""
+    from castlab.sweep.progress import SweepProgress
+
+    estimates = {f"r{i}": 100.0 for i in range(4)}
+    two = SweepProgress(total=4, estimates=dict(estimates), slots=2)
+    one = SweepProgress(total=4, estimates=dict(estimates))
+    two.begin("r0", "first")
+    one.begin("r0", "first")
+    lines = capsys.readouterr().err.splitlines()
+    assert "ETA 3m20s]" in lines[0] and "ETA 6m40s]" in lines[1]
+    for i in (1, 2):
+        two.begin(f"r{i}", "next")
+        two.end(f"r{i - 1}", time.time() - 100.0, executed=True)  # took its estimate
+    two.begin("r3", "last")  # r2 and r3 left, 100 s each, side by side
+    assert capsys.readouterr().err.splitlines()[-1].count("ETA 1m40s]") == 1

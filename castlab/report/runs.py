@@ -28,22 +28,26 @@ from castlab.report.tables import (
 
 
 def teacher_info(rows: pd.DataFrame) -> dict[str, dict]:
-    """Per model: the teacher's pretraining tokens / seq_len / seed, read from its config.yaml.
+    """Per model: the teachers' pretraining tokens / seq_len (the first teacher's) and the seeds
+    of every teacher found, read from their config.yaml.
 
     Rows carry the teacher's model directory as ``init``; its run directory holds config.yaml.
-    Models whose teacher is not on this machine are left out (the tables say 'unknown').
+    Models whose teachers are not on this machine are left out (the tables say 'unknown').
     """
     out: dict[str, dict] = {}
     if "init" not in rows:
         return out
-    for model, init in rows.dropna(subset=["init"]).groupby("model")["init"].first().items():
+    pairs = rows.dropna(subset=["init"])[["model", "init"]].drop_duplicates()
+    for model, init in pairs.itertuples(index=False):
         cfg = Path(str(init)).parent / store.CONFIG_FILE
         try:
             data = yaml.safe_load(cfg.read_text())
         except (OSError, yaml.YAMLError):
             continue
         if isinstance(data, dict) and data.get("method") == "dense":
-            out[str(model)] = {k: data.get(k) for k in ("tokens", "seq_len", "seed")}
+            info = out.setdefault(str(model), {k: data.get(k) for k in ("tokens", "seq_len")}
+                                  | {"seeds": []})
+            info["seeds"] = sorted({*info["seeds"], data.get("seed")}, key=str)
     return out
 
 
@@ -65,8 +69,10 @@ def ppl_table(rows: pd.DataFrame, teacher: dict[str, dict] | None = None) -> pd.
                     "tokens": f"{info['tokens']:,} (pretraining)" if info.get("tokens") else
                     "pretraining (unknown)",
                     "tokens/N": f_num(info["tokens"] / n, ".3g") if info.get("tokens") else DASH,
-                    "seq_len": str(info.get("seq_len", DASH)), "seeds": str(info.get("seed", DASH)),
-                    "PPL": f_ppl(teach.loc[model, "ppl"]), "PPL sd (seeds)": DASH,
+                    "seq_len": str(info.get("seq_len", DASH)), "seeds": ",".join(map(str, info.get("seeds") or  # "seed": earlier law studies
+                                            ([info["seed"]] if "seed" in info else []))) or DASH,
+                    "PPL": f_ppl(teach.loc[model, "ppl"]),
+                    "PPL sd (seeds)": f_ppl(teach.loc[model, "ppl_sd"]),
                     "eval tokens": "/".join(f"{int(v):,}"
                                             for v in sorted(set(mrows["eval_tokens"].dropna()))),
                     "dtype": "/".join(sorted(set(mrows["dtype"].astype(str))))})

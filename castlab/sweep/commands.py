@@ -203,15 +203,16 @@ def _cmd_sweep(args) -> int:
     # (of the whole plan, as the dry run: done runs' rows are what the rates come from)
     every = {} if args.quiet or not todo else plan_estimates(plan, spec)
     estimates = {r.run_id: every.get(r.run_id) or 0.0 for r in todo}
-    expected = None
+    expected, slots = None, 1
     if estimates and spec.backend_name == "local" and not any(
             wants_cuda(r.config.device) for r in plan):
         from castlab.sweep import estimate
 
         expected = estimate.wall_seconds(todo, estimates, spec)
+        slots = estimate.cpu_slots(spec)
     started = time.time()
     # 'run k/N' counts the runs this invocation has to do; the skipped ones get no line
-    tracker = SweepProgress(total=len(todo), estimates=estimates, started=started)
+    tracker = SweepProgress(total=len(todo), estimates=estimates, started=started, slots=slots)
     try:
         outcomes = run_sweep(spec, retry_failed=args.retry_failed, progress=not args.quiet,
                              tracker=tracker, phase=phase)

@@ -16,7 +16,8 @@ class SweepProgress:
     """Counts runs across the teacher and run batches of one sweep invocation.
 
     The ETA is the estimates of the runs still to do, scaled by how long the runs executed so
-    far took against their own estimates (so a busy machine's slowdown carries forward).
+    far took against their own estimates (so a busy machine's slowdown carries forward), over
+    the ``slots`` runs the backend trains at once (the local backend's CPU runs).
     """
 
     total: int  # runs to do
@@ -25,6 +26,8 @@ class SweepProgress:
     position: int = 0
     spent: float = 0.0  # wall seconds of the runs executed so far
     spent_estimate: float = 0.0  # their estimates
+    slots: int = 1  # runs at once
+    finished: int = 0  # runs to do that have ended
     remaining: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -33,7 +36,8 @@ class SweepProgress:
     def eta(self) -> float | None:
         """Seconds left, or None while nothing has run and nothing is estimated."""
         scale = self.spent / self.spent_estimate if self.spent_estimate > 0 else 1.0
-        return self.remaining * scale if self.remaining else None
+        left = len(self.estimates) - self.finished  # in flight or not yet started
+        return self.remaining * scale / max(1, min(self.slots, left)) if self.remaining else None
 
     def begin(self, run_id: str, label: str, echo: bool = True) -> float:
         """Print the header line of the next run to do; returns its start time. A run that is
@@ -51,6 +55,7 @@ class SweepProgress:
     def end(self, run_id: str, began: float, executed: bool) -> None:
         """Account a finished run; ``executed`` is False for a skipped (already done) run."""
         estimate = self.estimates.get(run_id, 0.0)
+        self.finished += run_id in self.estimates
         self.remaining = max(self.remaining - estimate, 0.0)
         if executed and estimate > 0:
             self.spent += time.time() - began
