@@ -104,8 +104,9 @@ def score_holdout(form: str, h: Holdout, cast: Points, kd: Points | None, draws:
         fit = fit_form(form, train)
     except UserError as err:
         return _note_rows(form, h, str(err))
-    if fit.on_bound:
-        return _note_rows(form, h, f"not identified: {', '.join(fit.on_bound)} on a bound")
+    # A parameter on its bound is held there (the constrained optimum), scored and said so, as
+    # castlab.law.validate does: the shipped report and `castlab report` agree.
+    bound = f"{', '.join(fit.on_bound)} held at a bound" if fit.on_bound else ""
     y = fit.predict_log(test)
     boot = _bootstrap(fit, train, draws, seed, tau)
     y_draws = None if boot is None else predictive_draws(fit, boot, test, seed=seed)
@@ -115,18 +116,18 @@ def score_holdout(form: str, h: Holdout, cast: Points, kd: Points | None, draws:
     # PPL = e^L and the forms predict ln L, hence the (bounded) double exponential.
     rows = _point_rows(form, h, "total", test, dist, np.exp(test.loss), ppl_of_log_loss(y),
                        y_draws, level, ppl_of_log_loss,
-                       None if y_draws is None else np.nanstd(y_draws, axis=0))
+                       None if y_draws is None else np.nanstd(y_draws, axis=0), note=bound)
     if gap is None:
         rows += _note_rows(form, h, gap_note, targets=("gap",))
     else:
         ratio = test.loss / test.lkd  # L_cast / L_densekd (NaN where a run has no twin)
         rows += _point_rows(form, h, "gap", test, dist, ratio, np.exp(gap), gap_draws, level,
-                            np.exp)
+                            np.exp, note=bound)
     return rows
 
 
 def _point_rows(form, h, target, test, dist, actual, pred, draws, level, to_value,
-                sd=None) -> list[dict]:
+                sd=None, note: str = "") -> list[dict]:
     """One row per held-out run with a finite actual value; ``sd``: sd of ln L of the draws."""
     sd = np.full(len(test), np.nan) if sd is None else sd
     lo = hi = np.full(len(test), np.nan)
@@ -142,7 +143,7 @@ def _point_rows(form, h, target, test, dist, actual, pred, draws, level, to_valu
                      "seed": int(test.seed[i]), "actual": float(actual[i]), "pred": float(pred[i]),
                      "lo": float(lo[i]), "hi": float(hi[i]),
                      "rel_err": float(pred[i] / actual[i] - 1), "excess_err": float(excess),
-                     "distance": float(dist[i]), "sd": float(sd[i]), "note": ""})
+                     "distance": float(dist[i]), "sd": float(sd[i]), "note": note})
     return rows
 
 

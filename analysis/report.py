@@ -20,7 +20,7 @@ from castlab.report import runs as R
 from castlab.report.figures import FIGURES
 from castlab.report.render import MASK_LIFE_TEXT, PAIRED_TEXT
 from castlab.report.tables import convergence_table, headline_table, markdown
-from castlab.sweep.commands import TEACHER_CONVERGENCE_TOLERANCE
+from castlab.sweep.status import TEACHER_CONVERGENCE_TOLERANCE
 
 MARKER = re.compile(r"<!-- begin:(?P<name>[\w-]+) -->\n(?P<body>.*?)\n<!-- end:(?P=name) -->",
                     re.S)

@@ -157,7 +157,7 @@ def fit_law_command(args) -> int:
     print(f"castlab fit-law: {len(pts)} points ({what}), {len(set(pts.size))} sizes{runs}, "
           f"{len(np.unique(pts.d))} budgets from {src}; predicting new {', '.join(targets)}")
     if cols is None:  # a castlab store: what its checks flag (unconverged teacher, decay left)
-        from castlab.sweep.commands import flagged_lines
+        from castlab.sweep.status import flagged_lines
 
         for line in flagged_lines(frame):
             print(line)

@@ -11,7 +11,7 @@ from castlab.report import paired as P
 from castlab.report import runs as R
 from castlab.report import tables as T
 from castlab.report.study import Study, quarter_points
-from castlab.sweep.commands import TEACHER_CONVERGENCE_TOLERANCE
+from castlab.sweep.status import TEACHER_CONVERGENCE_TOLERANCE
 
 # what each kind of held-out split (its label in the table, castlab.report.study.KIND_LABELS)
 # holds out; the text names only the kinds the table shows

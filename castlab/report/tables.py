@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from castlab.sweep.commands import TEACHER_CONVERGENCE_TOLERANCE
+from castlab.sweep.status import TEACHER_CONVERGENCE_TOLERANCE
 
 METHOD_ORDER = ("dense-kd", "cast", "sr-ste", "ast", "magnitude", "wanda", "sparsegpt")
 ONESHOT = ("magnitude", "wanda", "sparsegpt")  # pruners applied to the teacher: 0 tokens
