@@ -185,9 +185,13 @@ def test_dry_run_shows_status_and_estimates(tmp_path, inproc):
     assert len(lines) == 3 and all(" done " in line for line in lines)
     assert "3 runs (3 done); estimated time left 0s" in after.stdout
     # measured throughput (the stand-in reports 50000 tokens/s, no timing split) drives the
-    # estimate: 2 s to start + 3 s load allowance + 20000 / 50000 s for each cast run.
+    # estimate: the start + load allowances + 20000 / 50000 s for each cast run.
+    from castlab.sweep.estimate import FORK_SECONDS, LOAD_SECONDS
+    from castlab.sweep.plan import format_seconds
+
     cast = next(line for line in lines if line.startswith("cast-"))
-    assert cast.split()[3:5] == ["5s", "rows"]
+    want = format_seconds(FORK_SECONDS + LOAD_SECONDS + 20_000 / 50_000)
+    assert cast.split()[3:5] == [want, "rows"]
 
 
 @pytest.mark.slow
