@@ -24,7 +24,6 @@ import functools
 import math
 import statistics
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,23 +72,11 @@ def stored_rates(dirs: list[Path], threads_by_model: dict[tuple[str, str], int] 
     seq_len) only rows of that shape count (a teacher's batch of 16 says little of a student's)."""
     import pandas as pd
 
-    from castlab import store
-    from castlab.errors import UserError
+    from castlab.sweep.plan import finished_rows
 
-    frames = []
-    for d in dirs:
-        if d.exists() and any(store.result_paths(d)):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # unreadable rows are reported by `castlab status`
-                try:
-                    frame = store.load(d)
-                except UserError:
-                    continue
-            frames.append(frame.assign(_folder=str(d)))
-    if not frames:
+    df = finished_rows(dirs)
+    if df is None:
         return {}
-    df = pd.concat(frames, ignore_index=True)
-    df = df[(df["status"] == "ok") & (df["tokens_per_second"] > 0)]
     if "device" in df:
         df = df[~df["device"].fillna("cpu").astype(str).str.startswith("cuda")]
     if shape is not None:  # rows that do not say their shape count for any

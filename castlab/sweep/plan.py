@@ -196,24 +196,35 @@ def build_plan(spec: SweepSpec) -> list[PlannedRun]:
 # ---- estimates -----------------------------------------------------------------------------
 
 
-def measured_throughput(dirs: list[Path], cuda: bool = False) -> dict[tuple[str, str], float]:
-    """Median tokens/s of finished rows per (model, method), and per (model, '*'): of rows run
-    on CUDA when ``cuda``, else of the others (a CPU rate says nothing of a GPU run)."""
+def finished_rows(dirs: list[Path]):
+    """The ok rows with a training rate of the results folders ``dirs`` as one frame, with the
+    folder of each in ``_folder``; None when there are none. Unreadable rows are skipped here
+    (`castlab status` reports them)."""
     import pandas as pd
 
     frames = []
     for d in dirs:
         if d.exists() and any(store.result_paths(d)):
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # unreadable rows are reported by `castlab status`
+                warnings.simplefilter("ignore")
                 try:
-                    frames.append(store.load(d))
+                    frames.append(store.load(d).assign(_folder=str(d)))
                 except UserError:
                     continue
     if not frames:
-        return {}
+        return None
     df = pd.concat(frames, ignore_index=True)
-    df = df[(df["status"] == "ok") & (df["tokens_per_second"] > 0)]
+    return df[(df["status"] == "ok") & (df["tokens_per_second"] > 0)]
+
+
+def measured_throughput(dirs: list[Path], cuda: bool = False) -> dict[tuple[str, str], float]:
+    """Median tokens/s of finished rows per (model, method), and per (model, '*'): of rows run
+    on CUDA when ``cuda``, else of the others (a CPU rate says nothing of a GPU run)."""
+    import pandas as pd
+
+    df = finished_rows(dirs)
+    if df is None:
+        return {}
     # rows from before the device column ran on the CPU
     on_cuda = (df["device"].fillna("cpu").astype(str).str.startswith("cuda") if "device" in df
                else pd.Series(False, index=df.index))
