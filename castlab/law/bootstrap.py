@@ -20,6 +20,7 @@ import numpy as np
 
 from castlab.law.fit import Fit, FitOptions, fit_form, objective_at, single_thread_blas
 from castlab.law.forms import FORMS
+from castlab.law.parallel import chunks, map_in_order, workers
 from castlab.law.points import Points
 
 DEFAULT_DRAWS = 1000
@@ -135,28 +136,44 @@ def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
     """``draws`` refits on runs resampled with replacement (seeded); unconverged draws dropped."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    thetas, dense, failed = [], [], 0
     opt = options or BOOT_OPTIONS
     plan = resample_plan(pts, FORMS[fit.form].per_size)
-    with single_thread_blas():
-        for _ in range(draws):
-            w = draw_weights(plan, len(pts), rng)
-            jit = fit_form(fit.form, pts, weights=w, warm=_jittered(fit, rng), options=opt)
-            f = jit
-            if not (_ok(jit) and jit.objective <= objective_at(fit, pts, w) + 1e-12):
-                f = _best_of(fit_form(fit.form, pts, weights=w, warm=fit, options=opt), jit)
-            if f is None:
-                failed += 1
-                continue
-            thetas.append(f.theta)
-            if f.dense is not None:
-                dense.append(f.dense.theta)
+    # every draw's weights and start first, in the order a serial loop takes them, so the
+    # refits can run on several cores with the same result
+    starts = []
+    for _ in range(draws):
+        w = draw_weights(plan, len(pts), rng)
+        starts.append((w, _jittered(fit, rng)))
+    k = workers() if draws >= PARALLEL_MIN_DRAWS else 1
+    pieces = [(fit, pts, opt, piece) for piece in chunks(starts, k)] if starts else []
+    refits = [f for part in map_in_order(_refit_piece, pieces, k) for f in part]
+    thetas = [f.theta for f in refits if f is not None]
+    dense = [f.dense.theta for f in refits if f is not None and f.dense is not None]
+    failed = sum(f is None for f in refits)
     sigma, source = seed_noise(fit, pts)
     p = fit.theta.shape
     return Bootstrap(np.array(thetas).reshape((-1,) + p), np.array(dense) if dense else None,
                      draws, failed, seed, time.perf_counter() - t0, sigma, source,
                      d_seen=float(pts.d.max()), n_seen=tuple(float(v) for v in np.unique(pts.n)),
                      d_seen_n=tuple(float(pts.d[pts.n == v].max()) for v in np.unique(pts.n)))
+
+
+PARALLEL_MIN_DRAWS = 200  # fewer draws are refitted in this process (forking costs more)
+
+
+def _refit_piece(job) -> list[Fit | None]:
+    """Refit each (weights, jittered start) of one piece of a bootstrap: the jittered refit, and
+    a second from the optimum when the jittered one ends worse than it; None: neither converged."""
+    fit, pts, opt, piece = job
+    out = []
+    with single_thread_blas():
+        for w, start in piece:
+            jit = fit_form(fit.form, pts, weights=w, warm=start, options=opt)
+            f = jit
+            if not (_ok(jit) and jit.objective <= objective_at(fit, pts, w) + 1e-12):
+                f = _best_of(fit_form(fit.form, pts, weights=w, warm=fit, options=opt), jit)
+            out.append(f)
+    return out
 
 
 JITTER = 0.3  # sd of the second start around the optimum, in internal (O(1)) parameters

@@ -26,6 +26,7 @@ from castlab.errors import UserError
 from castlab.law.bootstrap import DEFAULT_LEVEL, bootstrap
 from castlab.law.fit import fit_form
 from castlab.law.forms import FORMS
+from castlab.law.parallel import map_in_order
 from castlab.law.points import ColumnMap, Points, check_fittable, points_from_frame
 
 HELDOUT_DRAWS = 100  # per split; the full-data law gets the full bootstrap
@@ -216,16 +217,25 @@ def _with_interval(s: _Scored, tau: float, level: float, seed: int) -> list[dict
     return s.rows
 
 
+def _score_job(job) -> _Scored | dict:
+    return _score(*job)
+
+
 def heldout_predictions(pts: Points, forms=None, draws: int = HELDOUT_DRAWS,
                         level: float = DEFAULT_LEVEL, seed: int = 0,
                         taus: dict | None = None) -> pd.DataFrame:
     """One row per (form, split, held-out run); a split a form cannot fit gets one row with a
     note. ``taus`` (if given) receives each form's extrapolation term from all its splits."""
     rows = []
-    for name in forms or list(FORMS):
+    names = list(forms or FORMS)
+    jobs = [(name, h, pts, draws, seed) for name in names for h in holdouts(pts, name)]
+    # the splits are independent fits: on several cores at once (castlab.law.parallel)
+    results = map_in_order(_score_job, jobs)
+    for name in names:
         scored = []
-        for h in holdouts(pts, name):
-            s = _score(name, h, pts, draws, seed)
+        for job, s in zip(jobs, results, strict=True):
+            if job[0] != name:
+                continue
             if isinstance(s, dict):
                 rows.append(s)
             else:
