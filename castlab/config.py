@@ -246,11 +246,11 @@ class TrainConfig:
     vocab_size: int = 8192
     seq_len: int = 128
     batch_size: int = 16
-    lr: float | None = None  # None: dense -> dense_lr; others -> from the teacher (train.resolve_lr)
+    lr: float | None = None  # None: dense -> dense_lr; others -> from the teacher (schedule.resolve_lr)
     dense_lr: float = 3e-3  # default peak lr of dense pretraining from scratch
     lr_teacher_fraction: float = 0.1  # default peak lr of a continued run, x the teacher's peak lr
     # wsd: warmup, constant, then linear to min_lr_ratio * peak over the last WSD_DECAY_FRAC of
-    # the steps (castlab.train.lr_at)
+    # the steps (castlab.schedule.lr_at)
     lr_schedule: Literal["cosine", "constant", "wsd"] = "cosine"
     warmup_frac: float = 0.05
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from castlab import __version__, checkpoint, provenance
-from castlab.config import ONESHOT_METHODS, TrainConfig, load_yaml, save_yaml
+from castlab.config import ONESHOT_METHODS, TrainConfig, save_yaml
 from castlab.device import (
     device_columns,
     distributed_backend,
@@ -51,6 +51,7 @@ from castlab.models import (
     is_preset,
     load_pretrained,
 )
+from castlab.schedule import lr_at, resolve_lr, total_steps_for
 from castlab.tracking import objective_name, open_trackers
 
 # Most steps between two reads of the training loss on the host (each read waits for the GPU);
@@ -75,52 +76,6 @@ class RunFailed(Exception):
 # Masked/kept |theta| at the end below which the decay counts as done (no decay-budget warning)
 DECAY_DONE_RATIO = 1e-3
 # wsd schedule: the share of the steps over which the lr falls linearly to min_lr_ratio * peak
-WSD_DECAY_FRAC = 0.2
-
-
-def lr_at(step: int, total_steps: int, peak: float, schedule: str, warmup_frac: float,
-          min_ratio: float) -> float:
-    """Learning rate of ``step``: linear warmup, then cosine to ``min_ratio * peak`` (or constant,
-    or wsd: constant, then linear to ``min_ratio * peak`` over the last WSD_DECAY_FRAC)."""
-    warmup = int(warmup_frac * total_steps)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if schedule == "constant":
-        return peak
-    if schedule == "wsd":
-        decay = max(1, int(round(WSD_DECAY_FRAC * total_steps)))
-        start = max(warmup, total_steps - decay)
-        if step < start:
-            return peak
-        progress = (step - start + 1) / max(1, total_steps - start)
-        return peak * (1 - (1 - min_ratio) * min(progress, 1.0))
-    progress = (step - warmup) / max(1, total_steps - warmup - 1)
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
-def total_steps_for(cfg: TrainConfig) -> int:
-    """Optimizer steps that spend the token budget (the last step may overshoot by < 1 batch)."""
-    return max(1, math.ceil(int(cfg.tokens) / (cfg.batch_size * cfg.seq_len)))
-
-
-def resolve_lr(cfg: TrainConfig) -> float:
-    """Peak lr: explicit, else dense_lr for pretraining, else a fraction of the teacher's peak.
-
-    Re-warming a continued run to a pretraining-sized peak made even dense-KD worse than its
-    teacher for its first ~128k tokens here, so continued runs start from the teacher's schedule.
-    """
-    if cfg.lr is not None:
-        return cfg.lr
-    if cfg.method == "dense" and cfg.init is None:
-        return cfg.dense_lr
-    teacher_cfg = Path(cfg.init or "").parent / "config.yaml"
-    if cfg.init and teacher_cfg.is_file():
-        teacher = load_yaml(TrainConfig, teacher_cfg)
-        return resolve_lr(teacher) * cfg.lr_teacher_fraction
-    raise UserError(f"lr: the starting model '{cfg.init}' has no castlab training config; "
-                    "give lr explicitly (e.g. --lr 2e-5 for an HF checkpoint)")
-
-
 def git_sha() -> str:
     """The commit of the castlab checkout in use, or 'unknown'."""
     try:

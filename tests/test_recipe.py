@@ -13,9 +13,9 @@ import yaml
 
 from castlab.config import TrainConfig, from_dict, load_yaml, save_yaml
 from castlab.errors import UserError
+from castlab.schedule import lr_at
 from castlab.sparsity import adams
 from castlab.sparsity.adams import AdamS
-from castlab.train import lr_at
 from tests.test_adams import RefAdamS, make_tensors
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"

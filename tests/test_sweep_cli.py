@@ -19,10 +19,10 @@ import yaml
 from test_sweep_run import Sweep
 
 from castlab import cli, store
+from castlab.schedule import total_steps_for
 from castlab.sweep.plan import build_plan, whole_steps
 from castlab.sweep.spec import load_sweep
 from castlab.sweep.status import TEACHER_CONVERGENCE_TOLERANCE, flagged_lines
-from castlab.train import total_steps_for
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 

@@ -5,7 +5,8 @@ from transformers import AutoModelForCausalLM
 
 from castlab.cli import main
 from castlab.models import in_scope_linears
-from castlab.train import lr_at, run_training
+from castlab.schedule import lr_at
+from castlab.train import run_training
 from tests.conftest import tiny_config
 
 
