@@ -4,8 +4,8 @@ Each item is fitted exactly as it would be in turn (the random draws are made be
 so the results are identical to a serial run, only sooner. Worker processes are forked: no
 re-import, and the fits are plain numpy/scipy. A process that has torch loaded (a test session,
 a training run) stays serial, since forking after torch started its thread pools can hang the
-child. ``CASTLAB_LAW_WORKERS`` sets the number of processes (1: serial); the default is one per
-core this process may use.
+child; so does any platform but Linux. ``CASTLAB_LAW_WORKERS`` sets the number of processes
+(1: serial); the default is one per core this process may use.
 
 Hand-written over the standard library's ProcessPoolExecutor: joblib would do the same, but it is
 not among castlab's dependencies, and these pieces are few and large.
@@ -44,7 +44,8 @@ def workers() -> int:
             k = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):
             k = os.cpu_count() or 1
-    if _in_worker or "torch" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
+    # fork only on Linux: macOS's system BLAS (Accelerate) is not fork-safe, Windows cannot fork
+    if _in_worker or "torch" in sys.modules or not sys.platform.startswith("linux"):
         return 1
     return max(1, k)
 
