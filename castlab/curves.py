@@ -13,9 +13,6 @@ from pathlib import Path
 
 from castlab.errors import UserError
 
-# same method colours as `castlab report`'s figures
-METHOD_COLORS = {"cast": "tab:red", "dense-kd": "tab:blue", "sr-ste": "tab:green",
-                 "ast": "tab:purple", "dense": "black", "dense-kd-adam": "tab:cyan"}
 SMOOTH_POINTS = 10  # the moving average spans a tenth of the run (per-step losses are noisy)
 
 
@@ -106,7 +103,7 @@ def draw_curves(runs: list[tuple[dict, object]], path: Path) -> Path:
     validation PPL below, x = training tokens of the run."""
     import numpy as np
 
-    from castlab.plotting import plain_axis, pyplot, save, tokens_label, wrapped
+    from castlab.plotting import METHOD_COLORS, plain_axis, pyplot, save, tokens_label, wrapped
 
     plt = pyplot()
     models = sorted({i["model"] for i, _ in runs},

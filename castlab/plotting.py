@@ -27,6 +27,10 @@ def pyplot(font_size: int = 10):
     return plt
 
 
+# one colour per method in every castlab figure (``report`` and ``curves``)
+METHOD_COLORS = {"cast": "tab:red", "dense-kd": "tab:blue", "sr-ste": "tab:green",
+                 "ast": "tab:purple", "dense": "black", "dense-kd-adam": "tab:cyan"}
+
 # viridis from dark purple to green: its last fifth is yellow, unreadable on white
 SIZE_CMAP, SIZE_CMAP_RANGE = "viridis", (0.0, 0.78)
 

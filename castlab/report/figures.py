@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from castlab.plotting import plain_axis, pyplot, save, tokens_label, wrapped
+from castlab.plotting import METHOD_COLORS, plain_axis, pyplot, save, tokens_label, wrapped
 from castlab.report.runs import seed_noise
 from castlab.report.study import KIND_LABELS, Study, quarter_points
 from castlab.report.tables import cells, ok_rows, sizes, teachers
@@ -23,8 +23,8 @@ FIGURES = {"ppl_vs_tokens": "ppl_vs_tokens.png", "pred_vs_actual": "pred_vs_actu
 # axis and are in the headline table instead. Sparse methods often land within a PPL of each
 # other at the same budget: each has its own open marker, a small sideways offset (octaves of
 # the token axis) and a z-order, so none hides another.
-STYLE = {"cast": ("o", "tab:red"), "dense-kd": ("s", "tab:blue"), "sr-ste": ("^", "tab:green"),
-         "ast": ("D", "tab:purple")}
+MARKERS = {"cast": "o", "dense-kd": "s", "sr-ste": "^", "ast": "D"}
+STYLE = {m: (marker, METHOD_COLORS[m]) for m, marker in MARKERS.items()}
 OFFSET = {"cast": 0.0, "sr-ste": -0.1, "ast": 0.1, "dense-kd": 0.0}  # in octaves
 ZORDER = {"dense-kd": 3, "cast": 4, "sr-ste": 5, "ast": 6}
 
