@@ -61,17 +61,8 @@ cap() {  # cap WANT KEEP: WANT seconds, or what is left before the deadline less
   local want=$1 room; room=$(( $(left) - $2 )); [ $room -lt $want ] && want=$room
   [ $want -lt 5 ] && want=5; echo $want; }
 
-step() {  # step NAME CMD...: run, append its output and wall time to the log, return its rc
-  local name=$1 t0 rc ms
-  shift
-  t0=$(date +%s%N)
-  echo "== $name: $*" >>"$LOG"
-  "$@" >>"$LOG" 2>&1
-  rc=$?
-  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  echo "== $name rc=$rc $((ms / 1000)).$(( ms % 1000 / 100 )) s (t+$(( $(date +%s) - START )) s)" | tee -a "$LOG"
-  return $rc
-}
+# shellcheck source=steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # step NAME CMD...
 
 # ---- setup
 [ -f "$PACK" ] || { echo "corpus pack $PACK is missing: run castlab data pack --corpus default --out $PACK" | tee -a "$LOG"; exit 2; }

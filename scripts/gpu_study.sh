@@ -43,17 +43,8 @@ export CASTLAB_CACHE=${CASTLAB_CACHE:-/tmp/castlab_study_cache}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 CASTLAB_TCMALLOC=0
 mkdir -p "$CASTLAB_CACHE"
 
-step() {  # step NAME CMD...: run, append its output and wall time to the log, return its rc
-  local name=$1 t0 rc ms
-  shift
-  t0=$(date +%s%N)
-  echo "== $name: $*" >>"$LOG"
-  "$@" >>"$LOG" 2>&1
-  rc=$?
-  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  echo "== $name rc=$rc $((ms / 1000)).$(( ms % 1000 / 100 )) s" | tee -a "$LOG"
-  return $rc
-}
+# shellcheck source=steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # step NAME CMD...
 
 if [ "${CASTLAB_STUDY_INSTALL:-1}" != 0 ]; then
   step install $PY -m pip install -q --no-deps --no-build-isolation --no-index -e . \
