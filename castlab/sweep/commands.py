@@ -71,8 +71,9 @@ def plan_table(plan: list[PlannedRun], spec: SweepSpec | None = None) -> tuple[l
     lines = [f"{'run_id':<22} {'kind':<7} {'status':<8} {'estimate':>8} {'basis':<5} "
              f"{'took':>8}  cell"]
     left = 0.0
+    states = {r.run_id: store.run_state(r.run_dir) for r in plan}  # each folder read once
     for run in plan:
-        state = store.run_state(run.run_dir)
+        state = states[run.run_id]
         seconds = estimates[run.run_id]
         if state in LEFT_STATES and seconds is not None:
             left += seconds
@@ -81,7 +82,7 @@ def plan_table(plan: list[PlannedRun], spec: SweepSpec | None = None) -> tuple[l
                      f"{detailed[run.run_id].basis:<5} {took:>8}  {run.label}")
     if spec is not None and spec.backend_name == "local" and not any(
             wants_cuda(r.config.device) for r in plan):  # the CPU queue's wall, not the sum
-        todo = [r for r in plan if store.run_state(r.run_dir) in LEFT_STATES]
+        todo = [r for r in plan if states[r.run_id] in LEFT_STATES]
         left = estimate.wall_seconds(todo, estimates, spec)
     if spec is not None:
         lines += phases.phase_summary(plan, estimates, spec, LEFT_STATES)
