@@ -1,6 +1,7 @@
-"""Timed checks of the fitter for `castlab bench fit`: Epoch's Chinchilla refit, a bootstrap,
-`castlab fit-law` end to end on Epoch's table and on a 600-budget, 3,000-row table, and the
-synthetic interval calibration."""
+"""Timed checks of the fitter for `castlab bench fit`: Epoch's Chinchilla refit, a bootstrap and
+the batched bootstrap's speed-up, `castlab fit-law` end to end on Epoch's table, on a trajectory
+table with run ids and on a 600-budget, 3,000-row table, and the synthetic interval
+calibration."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ BOOT_TARGET_SECONDS = 30.0  # our own budget: a 1000-draw law fit should stay in
 BENCH_BUDGETS = tuple(1e6 * 4.0**k for k in range(5))  # 4 sizes x 5 budgets x 3 seeds = 60 runs
 EPOCH_E2E_SECONDS = 10.0  # issue 14: Epoch's table, fit + splits + figures
 LARGE_TABLE_SECONDS = 30.0  # issue 14: 600 budgets x 5 sizes = 3,000 rows
+TRAJECTORY_SECONDS = 10.0  # issue 22: a 150-point table, start-up to figures (in-process here)
 CALIBRATION_BAND = (0.88, 0.92)
 
 
@@ -69,7 +71,36 @@ def run_fit_bench(epoch_csv: str | Path | None = None, repeats: int = 3) -> list
     rows.append(_row(f"bootstrap 1000 draws, {len(runs)} runs", boot.seconds, "s",
                      f"<= {BOOT_TARGET_SECONDS:.0f} s", boot.seconds <= BOOT_TARGET_SECONDS,
                      f"chinchilla form, {boot.failed} unconverged draws"))
+    rows += batched_bootstrap_rows()
     return rows + run_fit_law_bench(epoch_csv) + run_calibration_bench()
+
+
+def batched_bootstrap_rows(draws: int = 1000) -> list[dict]:
+    """Rows: the batched bootstrap's speed-up over one L-BFGS-B refit per draw (same draws and
+    starts, this process, no workers), on the trajectory table's per-size power law and on a
+    60-run chinchilla study."""
+    from castlab.law.points import ColumnMap, points_from_frame
+    from castlab.law.synthetic import trajectory_table
+
+    cases = {
+        "power_d per size, 143-checkpoint trajectory table":
+            points_from_frame(trajectory_table(), columns=ColumnMap("n", "tokens", "loss",
+                                                                    run_col="run")),
+        "chinchilla, 60 runs": synthetic_case("chinchilla", rng_seed=0, seeds=3,
+                                              budgets=BENCH_BUDGETS, sizes=SIZES),
+    }
+    rows = []
+    for name, pts in cases.items():
+        form = "power_d" if name.startswith("power_d") else "chinchilla"
+        fit = fit_form(form, pts)
+        fast = bootstrap(fit, pts, draws=draws, seed=0)
+        slow = bootstrap(fit, pts, draws=draws, seed=0, batched=False)
+        ratio = slow.seconds / fast.seconds
+        rows.append(_row(f"bootstrap speed-up, batched vs per-draw L-BFGS-B: {name}", ratio, "x",
+                         ">= 3x", ratio >= 3.0,
+                         f"{draws} draws: {fast.seconds:.2f} s vs {slow.seconds:.2f} s; "
+                         f"unconverged {fast.failed} vs {slow.failed}"))
+    return rows
 
 
 def _fit_law(argv: list[str]) -> tuple[float, int, str]:
@@ -112,6 +143,20 @@ def run_fit_law_bench(epoch_csv: str | Path | None = None) -> list[dict]:
                          len(inside) == 5, ", ".join(
                              f"{k} {EPOCH_PARAMS[k]:.4g} in [{params[k]['lo']:.4g}, "
                              f"{params[k]['hi']:.4g}]" for k in EPOCH_PARAMS if k in params)))
+        from castlab.law.synthetic import trajectory_table
+
+        traj = trajectory_table()
+        traj.to_csv(tmp / "traj.csv", index=False)
+        sec, code, out = _fit_law([str(tmp / "traj.csv"), "--n-col", "n", "--d-col", "tokens",
+                                   "--loss-col", "loss", "--run-col", "run",
+                                   "--out", str(tmp / "traj-law")])
+        chosen = next((ln.split()[2] for ln in out.splitlines() if ln.startswith("chosen form")),
+                      "?")
+        rows.append(_row(f"fit-law {len(traj)}-checkpoint trajectory table, run ids, end to end",
+                         sec, "s", f"<= {TRAJECTORY_SECONDS:.0f} s",
+                         code == 0 and sec <= TRAJECTORY_SECONDS,
+                         f"{traj['run'].nunique()} runs, chosen {chosen}, 1000 draws, splits "
+                         f"bootstrapped by run, 3 figures; {out.splitlines()[-1]} s"))
         big = large_table()
         big.to_csv(tmp / "big.csv", index=False)
         sec, code, out = _fit_law([str(tmp / "big.csv"), "--n-col", "N", "--d-col", "D",

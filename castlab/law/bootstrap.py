@@ -4,7 +4,9 @@ A draw resamples runs with replacement within each model size (so every size sta
 refits from a jittered start near the full-data optimum; only when that end is worse than the
 optimum itself (scored on the draw's weights) is a second refit started at the optimum, and the
 better kept (ties: the jittered end). Along a flat direction of the objective the draws then
-spread out instead of all staying at the optimum. Draws are per-run multiplicities (no copies).
+spread out instead of all staying at the optimum. Draws are per-run multiplicities (no copies),
+made for all draws in one vectorised pass, and refitted all at once by the batched solver
+(castlab.law.batchfit); L-BFGS-B only finishes the few refits the batch leaves unsettled.
 Prediction intervals add the run-to-run noise of one new run (the pooled spread of ln L across
 repeated seeds, rows deduplicated and sizes told apart by exact N; otherwise the RMS residual
 with a degrees-of-freedom correction) and the form's extrapolation error: ``tau`` (sd of ln L per
@@ -14,11 +16,20 @@ decade beyond the fitted budgets and sizes), learned from held-out residuals (va
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from castlab.law.fit import Fit, FitOptions, fit_form, objective_at, single_thread_blas
+from castlab.law.fit import (
+    Fit,
+    FitOptions,
+    Refits,
+    fit_form,
+    objective_at,
+    point_objectives,
+    refit_many,
+    single_thread_blas,
+)
 from castlab.law.forms import FORMS
 from castlab.law.parallel import chunks, map_in_order, workers
 from castlab.law.points import Points
@@ -67,11 +78,23 @@ class Bootstrap:
 def resample_weights(pts: Points, rng: np.random.Generator,
                      per_size: bool = False) -> np.ndarray:
     """Multiplicity of each point in one bootstrap draw (see ``resample_plan``)."""
-    return draw_weights(resample_plan(pts, per_size), len(pts), rng)
+    return draw_weights(resample_plan(pts, per_size), rng, 1)[0]
 
 
-def resample_plan(pts: Points, per_size: bool = False) -> list[tuple[np.ndarray, list | None]]:
-    """How a draw resamples ``pts``: per stratum (point indices, runs as index arrays or None).
+@dataclass(frozen=True)
+class ResamplePlan:
+    """What a draw resamples: units (runs, or single points) drawn with replacement within
+    strata. ``unit`` is each point's unit; ``units`` lists the units stratum by stratum, and
+    each slot of a draw picks among its stratum's ``units[start:start + length]``."""
+
+    unit: np.ndarray  # (n,) unit index per point
+    units: np.ndarray  # (U,) unit indices, stratum after stratum
+    start: np.ndarray  # (U,) per slot: where its stratum begins in ``units``
+    length: np.ndarray  # (U,) per slot: its stratum's number of units
+
+
+def resample_plan(pts: Points, per_size: bool = False) -> ResamplePlan:
+    """How a draw resamples ``pts``.
 
     Runs are resampled within each size. Checkpoints of one run (``pts.run``) are correlated,
     so a run is drawn as a whole. Where a size has a single run (a trajectory table: one curve
@@ -83,30 +106,34 @@ def resample_plan(pts: Points, per_size: bool = False) -> list[tuple[np.ndarray,
     labels = list(dict.fromkeys(pts.size))
     by_size = [np.flatnonzero(pts.size == label) for label in labels]
     runs = pts.runs()
+    points = np.arange(len(pts))
     if pts.run is None or len(np.unique(runs)) == len(pts):  # one point per run
-        return [(idx, None) for idx in by_size]
-    per_size_runs = [list(dict.fromkeys(runs[idx])) for idx in by_size]
+        return _plan(points, by_size)
+    run_index = np.unique(runs, return_inverse=True)[1]
+    per_size_runs = [np.unique(run_index[idx]) for idx in by_size]
     if min(len(r) for r in per_size_runs) >= 2:
-        return [(idx, [idx[runs[idx] == r] for r in rs])
-                for idx, rs in zip(by_size, per_size_runs, strict=True)]
+        return _plan(run_index, per_size_runs)
     if per_size:
-        return [(idx, None) for idx in by_size]
-    every = np.arange(len(pts))
-    return [(every, [np.flatnonzero(runs == r) for r in dict.fromkeys(runs)])]
+        return _plan(points, by_size)
+    return _plan(run_index, [np.unique(run_index)])
 
 
-def draw_weights(plan, n: int, rng: np.random.Generator) -> np.ndarray:
-    """One draw's multiplicity per point from a ``resample_plan``."""
-    w = np.zeros(n)
-    for idx, runs in plan:
-        if len(idx) == 1:  # a draw of one from one: numpy consumes no randomness for it either
-            w[idx] += 1.0
-        elif runs is None:
-            np.add.at(w, rng.choice(idx, size=len(idx), replace=True), 1.0)
-        else:
-            for k in rng.choice(len(runs), size=len(runs), replace=True):
-                w[runs[k]] += 1.0
-    return w
+def _plan(unit: np.ndarray, strata: list[np.ndarray]) -> ResamplePlan:
+    """The plan drawing ``strata`` (arrays of unit indices), each point counted via ``unit``."""
+    sizes = [len(s) for s in strata]
+    start = np.repeat(np.cumsum([0] + sizes[:-1]), sizes)
+    return ResamplePlan(np.asarray(unit), np.concatenate(strata), start, np.repeat(sizes, sizes))
+
+
+def draw_weights(plan: ResamplePlan, rng: np.random.Generator, draws: int) -> np.ndarray:
+    """(draws, n) multiplicity of each point, every draw resampling each stratum's units with
+    replacement, all draws in one vectorised pass."""
+    slots = len(plan.units)
+    pick = plan.start + np.floor(rng.random((draws, slots)) * plan.length).astype(np.int64)
+    n_units = int(plan.unit.max()) + 1 if len(plan.unit) else 0
+    flat = (np.arange(draws)[:, None] * n_units + plan.units[pick]).ravel()
+    counts = np.bincount(flat, minlength=draws * n_units).reshape(draws, n_units)
+    return counts[:, plan.unit].astype(np.float64)
 
 
 def seed_noise(fit: Fit, pts: Points) -> tuple[float, str]:
@@ -132,24 +159,21 @@ def seed_noise(fit: Fit, pts: Points) -> tuple[float, str]:
 
 
 def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
-              options: FitOptions | None = None) -> Bootstrap:
-    """``draws`` refits on runs resampled with replacement (seeded); unconverged draws dropped."""
+              options: FitOptions | None = None, batched: bool = True) -> Bootstrap:
+    """``draws`` refits on runs resampled with replacement (seeded); unconverged draws dropped.
+    ``batched=False`` refits each draw by L-BFGS-B alone (the reference `castlab bench fit`
+    times the batched solver against)."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     opt = options or BOOT_OPTIONS
     plan = resample_plan(pts, FORMS[fit.form].per_size)
-    # every draw's weights and start first, in the order a serial loop takes them, so the
-    # refits can run on several cores with the same result
-    starts = []
-    for _ in range(draws):
-        w = draw_weights(plan, len(pts), rng)
-        starts.append((w, _jittered(fit, rng)))
-    k = workers() if draws >= PARALLEL_MIN_DRAWS else 1
-    pieces = [(fit, pts, opt, piece) for piece in chunks(starts, k)] if starts else []
-    refits = [f for part in map_in_order(_refit_piece, pieces, k) for f in part]
-    thetas = [f.theta for f in refits if f is not None]
-    dense = [f.dense.theta for f in refits if f is not None and f.dense is not None]
-    failed = sum(f is None for f in refits)
+    # every draw's weights and jittered start first, so the result does not depend on how the
+    # refits are grouped
+    weights = draw_weights(plan, rng, draws)
+    jitter = fit.theta + JITTER * rng.standard_normal((draws,) + fit.theta.shape)
+    dense_jitter = None if fit.dense is None else \
+        fit.dense.theta + JITTER * rng.standard_normal((draws,) + fit.dense.theta.shape)
+    thetas, dense, failed = _refit_draws(fit, pts, weights, jitter, dense_jitter, opt, batched)
     sigma, source = seed_noise(fit, pts)
     p = fit.theta.shape
     return Bootstrap(np.array(thetas).reshape((-1,) + p), np.array(dense) if dense else None,
@@ -158,12 +182,70 @@ def bootstrap(fit: Fit, pts: Points, draws: int = DEFAULT_DRAWS, seed: int = 0,
                      d_seen_n=tuple(float(pts.d[pts.n == v].max()) for v in np.unique(pts.n)))
 
 
-PARALLEL_MIN_DRAWS = 200  # fewer draws are refitted in this process (forking costs more)
+PARALLEL_MIN_DRAWS = 200  # fewer L-BFGS-B fallbacks are refitted in this process (forking costs more)
+
+
+def _refit_draws(fit: Fit, pts: Points, w: np.ndarray, jitter: np.ndarray,
+                 dense_jitter: np.ndarray | None, opt: FitOptions, batched: bool = True):
+    """Refit every draw (weights ``w`` (B, n), jittered starts): all at once with the batched
+    solver (castlab.law.batchfit), first from the jittered starts, then from the optimum for the
+    draws whose jittered end is worse than it or that the batch did not settle (a jittered start
+    that wandered into a flat, degenerate valley: polishing it with L-BFGS-B cost 30 ms a draw).
+    The refits from the optimum the batch leaves unconverged are polished by L-BFGS-B, and a
+    draw neither settles is refitted by L-BFGS-B from both starts, one draw at a time. Returns
+    the converged draws' parameters (and dense-curve parameters) in draw order, and the count
+    of draws that converged nowhere."""
+    if not len(w):
+        return [], [], 0
+    if not batched:
+        return _unbatched(fit, pts, w, jitter, dense_jitter, opt, list(range(len(w))),
+                          [None] * len(w))
+    jit = _batch(fit, pts, w, jitter, dense_jitter, opt, polish=False)
+    at_optimum = w @ point_objectives(fit, pts)
+    again = np.flatnonzero(~jit.converged | (jit.objective > at_optimum + 1e-12))
+    chosen: list[tuple | None] = [_pick(jit, b) if jit.converged[b] else None
+                                  for b in range(len(w))]
+    if len(again):
+        warm = _batch(fit, pts, w[again], np.repeat(fit.theta[None], len(again), 0),
+                      None if fit.dense is None
+                      else np.repeat(fit.dense.theta[None], len(again), 0), opt)
+        for k, b in enumerate(again):
+            # ties keep the jittered end, so flat directions show up as spread
+            if warm.converged[k] and (chosen[b] is None or warm.objective[k] < jit.objective[b]
+                                      - 1e-9 * max(1.0, abs(warm.objective[k]))):
+                chosen[b] = _pick(warm, k)
+    slow = [b for b, c in enumerate(chosen) if c is None]
+    return _unbatched(fit, pts, w, jitter, dense_jitter, opt, slow, chosen)
+
+
+def _unbatched(fit, pts, w, jitter, dense_jitter, opt, slow: list[int], chosen: list):
+    """L-BFGS-B refits, one draw at a time, for the draws ``slow``; then the kept draws (see
+    ``_refit_draws``)."""
+    if slow:
+        starts = [(w[b], _moved(fit, jitter[b], None if dense_jitter is None else dense_jitter[b]))
+                  for b in slow]
+        k = workers() if len(slow) >= PARALLEL_MIN_DRAWS else 1
+        pieces = [(fit, pts, opt, piece) for piece in chunks(starts, k)]
+        refits = [f for part in map_in_order(_refit_piece, pieces, k) for f in part]
+        for b, f in zip(slow, refits, strict=True):
+            chosen[b] = None if f is None else (f.theta, None if f.dense is None else f.dense.theta)
+    kept = [c for c in chosen if c is not None]
+    return ([c[0] for c in kept], [c[1] for c in kept if c[1] is not None],
+            sum(c is None for c in chosen))
+
+
+def _batch(fit: Fit, pts: Points, w, theta0, dense0, opt: FitOptions, polish=True) -> Refits:
+    with single_thread_blas():
+        return refit_many(fit, pts, w, theta0, opt, dense0, polish)
+
+
+def _pick(r: Refits, b: int) -> tuple:
+    return r.theta[b], None if r.dense is None else r.dense.theta[b]
 
 
 def _refit_piece(job) -> list[Fit | None]:
-    """Refit each (weights, jittered start) of one piece of a bootstrap: the jittered refit, and
-    a second from the optimum when the jittered one ends worse than it; None: neither converged."""
+    """L-BFGS-B refits of one piece of draws: from the jittered start, and again from the
+    optimum when the jittered end is worse than it; None: neither converged."""
     fit, pts, opt, piece = job
     out = []
     with single_thread_blas():
@@ -176,16 +258,13 @@ def _refit_piece(job) -> list[Fit | None]:
     return out
 
 
-JITTER = 0.3  # sd of the second start around the optimum, in internal (O(1)) parameters
+JITTER = 0.3  # sd of the jittered start around the optimum, in internal (O(1)) parameters
 
 
-def _jittered(fit: Fit, rng: np.random.Generator) -> Fit:
-    """``fit`` moved to a random nearby start (the dense curve too), for the second refit."""
-    from dataclasses import replace
-
-    dense = None if fit.dense is None else _jittered(fit.dense, rng)
-    return replace(fit, theta=fit.theta + JITTER * rng.standard_normal(fit.theta.shape),
-                   dense=dense)
+def _moved(fit: Fit, theta: np.ndarray, dense_theta: np.ndarray | None) -> Fit:
+    """``fit`` started from other parameters (the dense curve too): a warm start for L-BFGS-B."""
+    dense = None if fit.dense is None else replace(fit.dense, theta=dense_theta)
+    return replace(fit, theta=theta, dense=dense)
 
 
 def _ok(f: Fit) -> bool:

@@ -16,6 +16,7 @@ from scipy.optimize import minimize
 from scipy.special import huber
 
 from castlab.errors import UserError
+from castlab.law.batchfit import solve as solve_batch
 from castlab.law.forms import FORMS, Form, Inputs, Scales, on_bounds
 from castlab.law.points import Points, check_fittable, scales_for
 
@@ -154,6 +155,48 @@ def _fit_group(form: Form, x: Inputs, y: np.ndarray, w: np.ndarray, opt: FitOpti
     return best, len(grid)
 
 
+@dataclass
+class Refits:
+    """A stack of refits of one fitted law: parameters (B, G, p) per group, the summed objective,
+    converged flags, and the dense-kd curve's refits for the twin forms."""
+
+    theta: np.ndarray
+    objective: np.ndarray
+    converged: np.ndarray
+    dense: Refits | None = None
+
+
+def refit_many(fit: Fit, pts: Points, weights: np.ndarray, theta0: np.ndarray,
+               options: FitOptions, dense_theta0: np.ndarray | None = None,
+               polish: bool = True) -> Refits:
+    """Refit ``fit``'s form on ``pts`` once per row of ``weights`` (B, n) from ``theta0``
+    (B, G, p), with the fit's scales: all rows at once (castlab.law.batchfit), then L-BFGS-B from
+    where the batch stopped for the few it left unconverged (long flat valleys of ill-determined
+    parameters; ``polish=False`` leaves them unconverged). A twin form's dense-kd curve is
+    refitted on the twins from ``dense_theta0`` and must converge too."""
+    form, opt = FORMS[fit.form], options
+    x, y = pts.inputs(fit.scales), np.log(pts.loss)
+    theta = np.array(theta0, dtype=np.float64)
+    objective, ok = np.zeros(len(weights)), np.ones(len(weights), bool)
+    for g, label in enumerate(fit.groups):
+        m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
+        xs = Inputs(x.logn[m], x.logd[m], x.s[m], x.ldense[m], x.lkd[m])
+        lo, hi = np.array(form.bounds(np.exp(y[m]), xs), dtype=np.float64).T
+        res = solve_batch(form, xs, y[m], weights[:, m], theta[:, g], lo, hi, opt.delta,
+                          opt.ftol, opt.gtol)
+        for b in np.flatnonzero(~res.converged & np.isfinite(res.objective) & polish):
+            polished, _ = _fit_group(form, xs, y[m], weights[b, m], opt, res.theta[b])
+            res.theta[b], res.objective[b] = polished.x, polished.fun
+            res.converged[b] = bool(polished.success)
+        theta[:, g], objective, ok = res.theta, objective + res.objective, ok & res.converged
+    dense = None
+    if fit.dense is not None:
+        keep = np.isfinite(pts.lkd)
+        dense = refit_many(fit.dense, pts.twins(), weights[:, keep], dense_theta0, opt, polish=polish)
+        ok &= dense.converged
+    return Refits(theta, objective, ok, dense)
+
+
 def fit_form(form_name: str, pts: Points, weights: np.ndarray | None = None,
              warm: Fit | None = None, scales: Scales | None = None,
              options: FitOptions | None = None) -> Fit:
@@ -224,17 +267,22 @@ def fit_dense_curve(twins: Points, sc: Scales, weights=None,
     raise UserError("too few dense-kd twins to fit the dense-kd curve")
 
 
-def objective_at(fit: Fit, pts: Points, weights: np.ndarray, delta: float = HUBER_DELTA) -> float:
-    """The weighted Huber objective of ``fit``'s own parameters on ``pts`` (no refit), as the
-    fitter scores it (the observed dense-kd twin, not the dense curve)."""
+def point_objectives(fit: Fit, pts: Points, delta: float = HUBER_DELTA) -> np.ndarray:
+    """Each point's Huber term at ``fit``'s own parameters (no refit), as the fitter scores it
+    (the observed dense-kd twin, not the dense curve): weights @ this is a draw's objective."""
     form = FORMS[fit.form]
     x, y = pts.inputs(fit.scales), np.log(pts.loss)
-    total = 0.0
+    out = np.zeros(len(pts))
     for g, label in enumerate(fit.groups):
         m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
         xs = Inputs(x.logn[m], x.logd[m], x.s[m], x.ldense[m], x.lkd[m])
-        total += float(np.dot(weights[m], huber(delta, form.log_loss(fit.theta[g], xs) - y[m])))
-    return total
+        out[m] = huber(delta, form.log_loss(fit.theta[g], xs) - y[m])
+    return out
+
+
+def objective_at(fit: Fit, pts: Points, weights: np.ndarray, delta: float = HUBER_DELTA) -> float:
+    """The weighted Huber objective of ``fit``'s own parameters on ``pts`` (no refit)."""
+    return float(np.dot(weights, point_objectives(fit, pts, delta)))
 
 
 def huber_objective(form_name: str, pts: Points, public: dict[str, float],

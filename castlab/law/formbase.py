@@ -65,7 +65,7 @@ class Form:
         raise NotImplementedError
 
     def log_loss(self, theta: np.ndarray, x: Inputs, jac: bool = False):
-        """Predicted ln L; with ``jac`` (theta of shape (p,) only) also d ln L / d theta (n, p)."""
+        """Predicted ln L, (n,) or (K, n); with ``jac`` also d ln L / d theta, (n, p) or (K, n, p)."""
         raise NotImplementedError
 
     def public(self, theta: np.ndarray, sc: Scales) -> dict[str, float]:
@@ -96,7 +96,7 @@ def _lse_terms(terms: list[np.ndarray], grads: list[dict[int, np.ndarray]] | Non
     for k, g in enumerate(grads):
         w = e[k] / total
         for j, d in g.items():
-            jac[:, j] += w * d
+            jac[..., j] += w * d
     return y, jac
 
 
