@@ -28,6 +28,11 @@ def cache_dir() -> Path:
     return root
 
 
+def teachers_root() -> Path:
+    """Where sweeps keep dense teachers: ``$CASTLAB_CACHE/teachers/<run id>``."""
+    return cache_dir() / "teachers"
+
+
 def check_pack_output(out: Path, where: str) -> Path:
     """``out`` as a pack file to (over)write: not a folder or device, its folder writable;
     checked before a corpus is fetched or a teacher read."""

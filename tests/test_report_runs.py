@@ -126,20 +126,26 @@ def test_cast_seed_noise_is_the_residual_band(rows):
     assert math.isnan(cast_seed_noise(rows[rows["model"] == "opt-b"]))
 
 
-def test_two_teachers_per_size_are_both_in_the_cells_table(tmp_path):
+def _cached_teacher(cache, run_id: str, seed: int, **extra) -> str:
+    import yaml
+
+    run = cache / "teachers" / run_id
+    (run / "model").mkdir(parents=True)
+    (run / store.CONFIG_FILE).write_text(yaml.safe_dump(
+        {"method": "dense", "tokens": 3_000_000, "seq_len": 64, "seed": seed, **extra}))
+    return str(run / "model")
+
+
+def test_two_teachers_per_size_are_both_in_the_cells_table(tmp_path, monkeypatch):
     """Runs started from two teachers of one size (teacher_seeds [0, 1]): the cells table's
     teacher row lists both seeds and their spread (it showed one teacher's seed, no sd, beside
     the two teachers' mean PPL)."""
     import pandas as pd
-    import yaml
 
-    inits = []
-    for seed in (0, 1):
-        run = tmp_path / f"teacher{seed}"
-        (run / "model").mkdir(parents=True)
-        (run / store.CONFIG_FILE).write_text(yaml.safe_dump(
-            {"method": "dense", "tokens": 3_000_000, "seq_len": 64, "seed": seed}))
-        inits.append(str(run / "model"))
+    monkeypatch.setenv("CASTLAB_CACHE", str(tmp_path / "cache"))
+    inits = [_cached_teacher(tmp_path / "cache", f"dense-t{seed}", seed) for seed in (0, 1)]
+    # rows written on another machine name that machine's cache: the run id is what counts
+    inits[1] = inits[1].replace(str(tmp_path / "cache"), "/elsewhere/cache")
     rows = pd.DataFrame({"model": ["opt-a"] * 3, "init": [inits[0], inits[1], inits[0]]})
     assert runs.teacher_info(rows) == {"opt-a": {"tokens": 3_000_000, "seq_len": 64,
                                                  "seeds": [0, 1]}}
@@ -151,3 +157,31 @@ def test_two_teachers_per_size_are_both_in_the_cells_table(tmp_path):
     teach = long[long["method"] == "dense teacher"].iloc[0]
     assert (teach["seeds"], teach["PPL"], teach["PPL sd (seeds)"]) == \
         ("0,1", "51.00", f"{statistics.stdev([50.0, 52.0]):.2f}")
+
+
+def test_teacher_configs_are_read_only_from_the_teacher_cache_and_bounded(tmp_path, monkeypatch):
+    """Rows are untrusted: an ``init`` outside the cache is not followed (only its run id is
+    looked up in $CASTLAB_CACHE/teachers), ids that are not plain names are skipped, and an
+    oversized or non-regular config is skipped, not read."""
+    import os
+
+    import pandas as pd
+    import yaml
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CASTLAB_CACHE", str(cache))
+    outside = tmp_path / "outside" / "dense-x"
+    (outside / "model").mkdir(parents=True)
+    (outside / store.CONFIG_FILE).write_text(yaml.safe_dump(
+        {"method": "dense", "tokens": 1, "seq_len": 1, "seed": 9}))
+    big = _cached_teacher(cache, "dense-big", 0, pad="x" * runs.TEACHER_CONFIG_BYTES)
+    fifo_run = cache / "teachers" / "dense-fifo"
+    (fifo_run / "model").mkdir(parents=True)
+    os.mkfifo(fifo_run / store.CONFIG_FILE)  # would block a plain read forever
+    rows = pd.DataFrame({"model": ["opt-a", "opt-b", "opt-c", "opt-d"],
+                         "init": [str(outside / "model"), big, str(fifo_run / "model"),
+                                  "../../../etc/model"]})
+    assert runs.teacher_info(rows) == {}
+    ok = _cached_teacher(cache, "dense-ok", 1)
+    assert runs.teacher_info(pd.DataFrame({"model": ["opt-e"], "init": [ok]})) == \
+        {"opt-e": {"tokens": 3_000_000, "seq_len": 64, "seeds": [1]}}

@@ -6,12 +6,14 @@ Like ``castlab.report.tables`` every builder returns a frame of formatted string
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import PurePath
 
 import pandas as pd
 import yaml
 
 from castlab import store
+from castlab.errors import UserError
+from castlab.paths import is_plain_name, read_regular_file, teachers_root
 from castlab.report.tables import (
     DASH,
     TEACHER,
@@ -26,23 +28,33 @@ from castlab.report.tables import (
     teachers,
 )
 
+TEACHER_CONFIG_BYTES = 64 * 2**10  # a run's config.yaml is about 1 KiB
+
 
 def teacher_info(rows: pd.DataFrame) -> dict[str, dict]:
     """Per model: the teachers' pretraining tokens / seq_len (the first teacher's) and the seeds
     of every teacher found, read from their config.yaml.
 
-    Rows carry the teacher's model directory as ``init``; its run directory holds config.yaml.
-    Models whose teachers are not on this machine are left out (the tables say 'unknown').
+    Rows carry the teacher's model directory as ``init`` (``.../teachers/<run id>/model``).
+    Rows may come from elsewhere, so ``init`` is never followed as a path: only its run id, a
+    plain name, is looked up in this machine's teacher cache (``$CASTLAB_CACHE/teachers``),
+    and the config is read bounded. Models whose teachers are not in the cache are left out
+    (the tables say 'unknown').
     """
     out: dict[str, dict] = {}
     if "init" not in rows:
         return out
+    root = teachers_root()
     pairs = rows.dropna(subset=["init"])[["model", "init"]].drop_duplicates()
     for model, init in pairs.itertuples(index=False):
-        cfg = Path(str(init)).parent / store.CONFIG_FILE
+        run_id = PurePath(str(init)).parent.name
+        if not is_plain_name(run_id):
+            continue
         try:
-            data = yaml.safe_load(cfg.read_text())
-        except (OSError, yaml.YAMLError):
+            text = read_regular_file(root / run_id / store.CONFIG_FILE, "teacher config",
+                                     TEACHER_CONFIG_BYTES)
+            data = yaml.safe_load(text)
+        except (UserError, yaml.YAMLError):
             continue
         if isinstance(data, dict) and data.get("method") == "dense":
             info = out.setdefault(str(model), {k: data.get(k) for k in ("tokens", "seq_len")}

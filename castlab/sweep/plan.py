@@ -1,6 +1,6 @@
 """From a sweep spec to a plan: dense teachers first, then one run per cell, content-hashed ids.
 
-Teachers of ladder presets live under ``cache_dir()/teachers/<run_id>`` so every sweep that
+Teachers of ladder presets live under ``teachers_root()/<run_id>`` so every sweep that
 asks for the same teacher reuses it; HF models are their own teacher (``init`` = the name).
 """
 
@@ -18,7 +18,7 @@ from castlab.config import ONESHOT_METHODS, TrainConfig, from_dict
 from castlab.device import wants_cuda
 from castlab.errors import UserError
 from castlab.models import ParamCounts, is_preset
-from castlab.paths import cache_dir
+from castlab.paths import teachers_root
 from castlab.sweep import MAX_PLANNED_RUNS  # noqa: F401 - read here (tests patch plan's copy)
 from castlab.sweep.spec import SweepSpec, parse_budget, resolve_budget
 
@@ -99,7 +99,7 @@ def _teacher(spec: SweepSpec, model: str, seed: int | None = None) -> PlannedRun
             "init": None, "tokens": tokens, "corpus": spec.corpus, "vocab_size": spec.vocab_size,
             "sweep": spec.name}
     cfg = from_dict(TrainConfig, data, where="teacher")
-    return PlannedRun(cfg, cache_dir() / "teachers" / cfg.run_id(), "teacher")
+    return PlannedRun(cfg, teachers_root() / cfg.run_id(), "teacher")
 
 
 def _lambda_for(spec: SweepSpec, budget_index: int | None) -> float | str:

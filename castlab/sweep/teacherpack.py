@@ -33,6 +33,7 @@ from castlab.paths import (
     sha256_file,
     staging_dir,
     stream_pack,
+    teachers_root,
     unpack_budget,
 )
 
@@ -40,11 +41,6 @@ MANIFEST = "castlab_teachers.json"
 FORMAT = 1
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".yaml", ".parquet")
 RUN_FILES = ("config.yaml", "result.parquet", "curve.parquet")  # beside model/
-
-
-def teachers_root() -> Path:
-    """Where sweeps keep dense teachers: ``$CASTLAB_CACHE/teachers``."""
-    return cache_dir() / "teachers"
 
 
 def teacher_files(run_dir: Path) -> list[Path]:
