@@ -17,6 +17,8 @@ import pandas as pd
 
 from castlab.errors import UserError
 from castlab.law.bootstrap import Bootstrap, bootstrap, interval, param_summary, predictive_draws
+from castlab.law.choose import candidate_forms, unidentified_forms
+from castlab.law.choose import choose_form as choose_among
 from castlab.law.fit import Fit, fit_form
 from castlab.law.forms import FORMS
 from castlab.law.points import Points, check_fittable, points_from_frame
@@ -24,12 +26,9 @@ from castlab.law.predict import Law, fit_to_json
 from castlab.law.validate import (
     Holdout,
     calibrate_tau,
-    candidate_forms,
     holdouts,
     ppl_of_log_loss,
-    unidentified_forms,
 )
-from castlab.law.validate import choose_form as choose_among
 from castlab.law.validate import (
     distance as validate_distance,
 )
@@ -163,7 +162,7 @@ def _scored_total(preds: pd.DataFrame) -> pd.DataFrame:
 
 def choose_form(preds: pd.DataFrame, unidentified=()) -> str | None:
     """Lowest mean held-out loss ARE predicting D on the D/2 / D/4 splits every candidate form
-    scored (castlab.law.validate.choose_form); forms in ``unidentified`` are not chosen. None if
+    scored (castlab.law.choose.choose_form); forms in ``unidentified`` are not chosen. None if
     no form was scored on a token split."""
     t = _scored_total(preds)
     forms = [f for f in dict.fromkeys(t["form"]) if f not in set(unidentified)]

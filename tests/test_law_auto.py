@@ -14,11 +14,12 @@ from castlab.cli import main
 from castlab.config import parse_count
 from castlab.errors import UserError
 from castlab.law.bootstrap import interval_flag, resample_weights
+from castlab.law.choose import choose_form
 from castlab.law.forms import FORMS
 from castlab.law.points import ColumnMap, check_fittable, points_from_frame, size_label
 from castlab.law.predict import Law
 from castlab.law.synthetic import sparse_table, trajectory_table
-from castlab.law.validate import choose_form, holdouts
+from castlab.law.validate import holdouts
 
 QUICK = ["--draws", "100", "--heldout-draws", "20", "--no-plots"]
 

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from castlab.cli import main
+from castlab.law.choose import heldout_table
 from castlab.law.predict import checksum
 from castlab.law.synthetic import TEACHER, synthetic_case
-from castlab.law.validate import heldout_table
 
 SIZES3 = {"s100k": 1e5, "s1m": 1e6, "s3m": 3e6}
 BUDGETS5 = tuple(1e6 * 4.0**k for k in range(5))

@@ -7,11 +7,12 @@ from scipy.stats import norm
 
 from castlab.errors import UserError
 from castlab.law.bootstrap import seed_noise
+from castlab.law.choose import choose_form
 from castlab.law.fit import fit_form
 from castlab.law.forms import FORMS
 from castlab.law.points import ColumnMap, Points, check_fittable, points_from_frame
 from castlab.law.synthetic import synthetic_case, synthetic_points
-from castlab.law.validate import calibrate_tau, choose_form, holdouts, ppl_of_log_loss
+from castlab.law.validate import calibrate_tau, holdouts, ppl_of_log_loss
 
 
 def _pts(n, d, loss=None, size=None):

@@ -118,7 +118,7 @@ def test_heldout_summary_and_law_lines():
 def test_choose_form_prefers_lowest_error_on_most_points():
     preds = lawstudy.predictions_frame(STUDY["heldout"])
     # Compared only on the split both forms scored (D/4): power_d (1 + 3) / 2 % against
-    # loglinear's 1% (castlab.law.validate.choose_form; issue 14 bug 3).
+    # loglinear's 1% (castlab.law.choose.choose_form; issue 14 bug 3).
     assert lawstudy.choose_form(preds) == "loglinear"
     assert lawstudy.choose_form(preds[preds["scheme"] == "D/4"]) == "loglinear"
     assert lawstudy.choose_form(preds[preds["scheme"] == "size"]) is None

@@ -45,7 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--predict-for", metavar="WHAT",
                    help="what the law must predict: comma list of budgets, sizes, sparsities, "
                         "or all (default: budgets, plus sparsities when the runs have several); "
-                        "forms that cannot are not chosen")
+                        "forms that cannot are not chosen. checkpoints: points along runs of a "
+                        "known lr schedule (with --curves; the schedule-aware form lr_anneal)")
     p.add_argument("--draws", type=int, default=None,
                    help="bootstrap draws (default 1000; fewer only for quick looks)")
     p.add_argument("--heldout-draws", type=int, default=None,
@@ -105,19 +106,14 @@ def fit_law_command(args) -> int:
     import numpy as np
 
     from castlab.law.bootstrap import DEFAULT_DRAWS, DEFAULT_LEVEL, bootstrap, param_summary
+    from castlab.law.choose import summarize, unidentified_forms
     from castlab.law.fit import fit_form
     from castlab.law.forms import FORMS, get_form
     from castlab.law.points import check_fittable, points_from_frame
     from castlab.law.predict import Law
     from castlab.law.tablecheck import checked_table
     from castlab.law.targets import forms_that_can, missing, parse_targets
-    from castlab.law.validate import (
-        HELDOUT_DRAWS,
-        heldout_predictions,
-        is_trajectory,
-        summarize,
-        unidentified_forms,
-    )
+    from castlab.law.validate import HELDOUT_DRAWS, heldout_predictions, is_trajectory
 
     args.draws = DEFAULT_DRAWS if args.draws is None else args.draws
     args.heldout_draws = HELDOUT_DRAWS if args.heldout_draws is None else args.heldout_draws
@@ -146,6 +142,10 @@ def fit_law_command(args) -> int:
         forms, excluded = _auto_candidates(pts, targets, src)
     else:
         form = get_form(args.form)
+        if "areas" in form.needs and targets != ("checkpoints",):
+            raise UserError(f"--form {form.name}: predicts checkpoints along a run's known "
+                            "learning-rate schedule only; give --predict-for checkpoints "
+                            "(with --curves on a castlab store)")
         if missing(form, targets):
             raise UserError(f"--form {form.name}: cannot predict new {', '.join(missing(form, targets))} "
                             f"(--predict-for {','.join(targets)}); forms that can: "
@@ -211,9 +211,9 @@ def fit_law_command(args) -> int:
 
 def _auto_candidates(pts, targets, src) -> tuple[list[str], dict[str, str]]:
     """Forms that can predict ``targets`` and that ``pts`` can fit; a refusal names every cause."""
+    from castlab.law.choose import candidate_forms
     from castlab.law.forms import FORMS
     from castlab.law.targets import forms_that_can, missing
-    from castlab.law.validate import candidate_forms
 
     able = forms_that_can(targets)
     cannot = {f: f"cannot predict new {', '.join(missing(FORMS[f], targets))} "
@@ -231,7 +231,7 @@ def _choose(args, preds, forms, bad) -> tuple[str, list[str], str, bool]:
 
     With nothing scored on a held-out token split, auto takes the first fittable form of
     ``FALLBACK_ORDER`` and says the law is not validated."""
-    from castlab.law.validate import FALLBACK_ORDER, choose_form, fallback_form
+    from castlab.law.choose import FALLBACK_ORDER, choose_form, fallback_form
 
     scored = bool(preds[preds["form"].isin(forms) & preds["rel_err"].notna()].shape[0])
     if args.form != "auto":

@@ -15,18 +15,23 @@ import numpy as np
 import pandas as pd
 
 from castlab.errors import UserError
+from castlab.law.annealing import areas_at
 
 CURVE_FILE = "curve.parquet"  # castlab.store.CURVE_FILE (not imported: keeps the law light)
 
 
 def with_curves(results: str | Path, rows: pd.DataFrame, method: str) -> pd.DataFrame:
     """``rows`` with one extra row per intermediate evaluation in the curves of ``method``'s ok
-    runs (the final evaluation stays the result row itself). Runs without a curve, or whose
-    curve has no eval_loss, keep only their result row; that none has one is a UserError."""
+    runs (the final evaluation stays the result row itself). Every row of a run with a logged lr
+    gets its learning-rate areas at its step (``lr_area``, ``lr_anneal_area``: the
+    schedule-aware form's inputs, castlab.law.annealing); others NaN. Runs without a curve, or
+    whose curve has no eval_loss, keep only their result row; that none has one is a
+    UserError."""
     root = Path(results)
+    rows = rows.assign(lr_area=np.nan, lr_anneal_area=np.nan)
     extra, found = [], 0
     keep = rows[(rows["status"] == "ok") & (rows["method"] == method)]
-    for _, row in keep.iterrows():
+    for i, row in keep.iterrows():
         path = root / str(row["run_id"]) / CURVE_FILE
         if not path.exists():
             continue
@@ -35,12 +40,29 @@ def with_curves(results: str | Path, rows: pd.DataFrame, method: str) -> pd.Data
             continue
         ev = curve[curve["eval_loss"].notna() & (curve["tokens"] < float(row["tokens"]))]
         found += 1
-        for _, c in ev.iterrows():
+        areas = _areas(curve, ev)
+        if areas is not None:
+            rows.loc[i, ["lr_area", "lr_anneal_area"]] = areas[0][-1], areas[1][-1]
+        for k, (_, c) in enumerate(ev.iterrows()):
             extra.append({**row.to_dict(), "tokens": float(c["tokens"]), "checkpoint": True,
                           "eval_loss": float(c["eval_loss"]),
-                          "lr": float(c["lr"]) if "lr" in c and np.isfinite(c["lr"]) else np.nan})
+                          "lr": float(c["lr"]) if "lr" in c and np.isfinite(c["lr"]) else np.nan,
+                          "lr_area": np.nan if areas is None else areas[0][k],
+                          "lr_anneal_area": np.nan if areas is None else areas[1][k]})
     if not found:
         raise UserError(f"{root}: --curves: no {method} run has a {CURVE_FILE} with eval_loss")
     if not extra:
         return rows
     return pd.concat([rows, pd.DataFrame(extra)], ignore_index=True)
+
+
+def _areas(curve: pd.DataFrame, ev: pd.DataFrame):
+    """(S1, S2) at each checkpoint of ``ev`` and, last, at the curve's final step; None when the
+    curve logs no lr per step."""
+    if "lr" not in curve or "step" not in curve:
+        return None
+    logged = curve[np.isfinite(curve["lr"]) & np.isfinite(curve["step"])]
+    if logged.empty:
+        return None
+    at = np.append(ev["step"].to_numpy(), logged["step"].max())
+    return areas_at(logged["step"].to_numpy(), logged["lr"].to_numpy(), at)

@@ -87,8 +87,7 @@ class Fit:
             m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
             if not m.any():
                 continue
-            lkd = x.lkd[..., m] if np.ndim(x.lkd) > 1 else x.lkd[m]
-            xs = Inputs(x.logn[m], x.logd[m], x.s[m], x.ldense[m], lkd)
+            xs = x.masked(m)
             out[..., m] = form.log_loss(theta[..., g, :], xs)
         return out
 
@@ -180,7 +179,7 @@ def refit_many(fit: Fit, pts: Points, weights: np.ndarray, theta0: np.ndarray,
     objective, ok = np.zeros(len(weights)), np.ones(len(weights), bool)
     for g, label in enumerate(fit.groups):
         m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
-        xs = Inputs(x.logn[m], x.logd[m], x.s[m], x.ldense[m], x.lkd[m])
+        xs = x.masked(m)
         lo, hi = np.array(form.bounds(np.exp(y[m]), xs), dtype=np.float64).T
         res = solve_batch(form, xs, y[m], weights[:, m], theta[:, g], lo, hi, opt.delta,
                           opt.ftol, opt.gtol)
@@ -225,7 +224,7 @@ def _fit_form(form_name, pts, weights, warm, scales, options) -> Fit:
     thetas, total, n_starts, msgs, ok, bound = [], 0.0, 0, [], True, []
     for g, label in enumerate(groups):
         m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
-        xs = Inputs(x.logn[m], x.logd[m], x.s[m], x.ldense[m], x.lkd[m])
+        xs = x.masked(m)
         res, k = _fit_group(form, xs, y[m], w[m], opt, None if theta0 is None else theta0[g])
         if warm is None:  # a parameter on its box bound was not identified by the data
             bound += [k_ if label == "*" else f"{k_}@{label}"
@@ -275,7 +274,7 @@ def point_objectives(fit: Fit, pts: Points, delta: float = HUBER_DELTA) -> np.nd
     out = np.zeros(len(pts))
     for g, label in enumerate(fit.groups):
         m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
-        xs = Inputs(x.logn[m], x.logd[m], x.s[m], x.ldense[m], x.lkd[m])
+        xs = x.masked(m)
         out[m] = huber(delta, form.log_loss(fit.theta[g], xs) - y[m])
     return out
 

@@ -22,14 +22,25 @@ class Inputs:
     s: np.ndarray  # sparsity in [0, 1)
     ldense: np.ndarray  # dense teacher loss L_dense(N), nats/token (NaN where unknown)
     lkd: np.ndarray  # dense-kd twin loss L_densekd(N, D), nats/token (NaN where unknown)
+    # learning-rate areas of the run up to the point (castlab.law.lrareas), divided by a0; None
+    # where the points carry none
+    s1: np.ndarray | None = None  # forward area: sum of the lr over the steps so far
+    s2: np.ndarray | None = None  # annealing area: lr drops, each decaying with later steps
+
+    def masked(self, m) -> Inputs:
+        """The inputs of the points selected by ``m`` (a mask or indices over the last axis: a
+        twin loss stacked per bootstrap draw, (B, n), is selected along n)."""
+        return Inputs(*(None if v is None else v[..., m] for v in (
+            self.logn, self.logd, self.s, self.ldense, self.lkd, self.s1, self.s2)))
 
 
 @dataclass(frozen=True)
 class Scales:
-    """The rescaling constants: N' = N / n0, D' = D / d0."""
+    """The rescaling constants: N' = N / n0, D' = D / d0, learning-rate areas / a0."""
 
     n0: float
     d0: float
+    a0: float = 1.0
 
 
 def _col(theta: np.ndarray, i: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from castlab.law.anchored import KdRatio, TeacherAdd, TeacherMul
+from castlab.law.annealing import LrAnneal
 from castlab.law.formbase import (  # noqa: F401 - Form, Inputs, Scales, TINY are re-exported
     TINY,
     Form,
@@ -257,7 +258,7 @@ class Frantar(Form):
 
 FORMS: dict[str, Form] = {
     f.name: f for f in (PowerD(), LogLinear(), DenseGap(), KdGap(), Chinchilla(), Frantar(),
-                        TeacherAdd(), TeacherMul(), KdRatio())
+                        TeacherAdd(), TeacherMul(), KdRatio(), LrAnneal())
 }
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from castlab.law.bootstrap import interval, predictive_draws
+from castlab.law.forms import FORMS
 from castlab.law.points import Points
 from castlab.law.predict import Law
 from castlab.law.validate import ppl_of_log_loss
@@ -58,7 +59,8 @@ def pred_vs_actual(law: Law, pts: Points, heldout: pd.DataFrame, path: Path) -> 
 
 
 def ppl_vs_tokens(law: Law, pts: Points, path: Path) -> Path:
-    """Observed PPL vs tokens per size with the fitted curve and its prediction band."""
+    """Observed PPL vs tokens per size with the fitted curve and its prediction band (a
+    schedule-aware law: each run's fitted path through its checkpoints, no band)."""
     plt = pyplot(11)
     fig, ax = plt.subplots(figsize=(7, 5))
     d_grid = np.geomspace(pts.d.min() / 1.5, pts.d.max() * 4, 60)
@@ -77,6 +79,13 @@ def ppl_vs_tokens(law: Law, pts: Points, path: Path) -> Path:
                    label=name if i in curved else None)
         if i not in curved:
             continue
+        if "areas" in FORMS[law.fit.form].needs:  # a schedule-aware law: each run's own path
+            for run in dict.fromkeys(pts.runs()[m]):
+                r = np.flatnonzero(m & (pts.runs() == run))
+                r = r[np.argsort(pts.d[r])]
+                ax.plot(pts.d[r], ppl_of_log_loss(law.fit.predict_log(pts.subset(r))), color=c,
+                        lw=1.0)
+            continue
         q = pts.subset(np.flatnonzero(m)[np.zeros(len(d_grid), int)])
         q.d = d_grid
         y = law.fit.predict_log(q)
@@ -88,8 +97,9 @@ def ppl_vs_tokens(law: Law, pts: Points, path: Path) -> Path:
             ax.fill_between(d_grid, ppl_of_log_loss(lo), ppl_of_log_loss(hi), color=c, alpha=0.15)
     ax.axvline(pts.d.max(), color="grey", ls=":", lw=1)
     ax.set(xscale="log", yscale="log", xlabel="training tokens D", ylabel="validation PPL",
-           title=f"law {law.fit.form}{_mark(law)}: PPL vs tokens ({law.level:.0%} band, "
-                 "dotted: largest fitted D)")
+           title=f"law {law.fit.form}{_mark(law)}: PPL vs tokens ("
+                 + ("lines: each run's fitted path" if "areas" in FORMS[law.fit.form].needs
+                    else f"{law.level:.0%} band") + ", dotted: largest fitted D)")
     plain_axis(ax.xaxis, tokens_label)
     plain_axis(ax.yaxis)
     ax.legend(fontsize=8, ncol=2, loc="upper right")

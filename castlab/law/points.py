@@ -45,6 +45,11 @@ class Points:
     # Run id per point: points of one run (checkpoints of one training curve) share it and are
     # resampled together by the bootstrap. None: every point is its own run.
     run: np.ndarray | None = None
+    # Learning-rate areas of the run up to each point (castlab.law.lrareas): forward area S1 and
+    # annealing area S2 in lr x steps; None where the rows carry none (only the schedule-aware
+    # form needs them).
+    s1: np.ndarray | None = None
+    s2: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.n)
@@ -67,7 +72,9 @@ class Points:
 
     def inputs(self, sc: Scales) -> Inputs:
         """Rescaled design arrays for the forms."""
-        return Inputs(np.log(self.n / sc.n0), np.log(self.d / sc.d0), self.s, self.ldense, self.lkd)
+        areas = [None if v is None else v / sc.a0 for v in (self.s1, self.s2)]
+        return Inputs(np.log(self.n / sc.n0), np.log(self.d / sc.d0), self.s, self.ldense,
+                      self.lkd, *areas)
 
     def sizes(self) -> dict[str, dict[str, float]]:
         """Per size label: N and the dense teacher loss (first finite value)."""
@@ -91,8 +98,12 @@ class Points:
 
 
 def scales_for(pts: Points) -> Scales:
-    """Geometric means of N and D: the fit works on N/n0 and D/d0, both near 1."""
-    return Scales(float(np.exp(np.mean(np.log(pts.n)))), float(np.exp(np.mean(np.log(pts.d)))))
+    """Geometric means of N and D (the fit works on N/n0 and D/d0, both near 1), and of the
+    forward learning-rate area where the points carry one."""
+    s1 = None if pts.s1 is None else pts.s1[np.isfinite(pts.s1) & (pts.s1 > 0)]
+    a0 = float(np.exp(np.mean(np.log(s1)))) if s1 is not None and len(s1) else 1.0
+    return Scales(float(np.exp(np.mean(np.log(pts.n)))), float(np.exp(np.mean(np.log(pts.d)))),
+                  a0)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -162,7 +173,9 @@ def points_from_frame(df: pd.DataFrame, method: str = "cast", columns: ColumnMap
         s=_floats(rows, "sparsity") if "sparsity" in rows else np.zeros(n),
         ldense=_floats(rows, "teacher_eval_loss") if "teacher_eval_loss" in rows else np.full(n, np.nan),
         lkd=np.full(n, np.nan), size=rows["model"].astype(str).to_numpy(), seed=seed,
-        run=rows["run_id"].astype(str).to_numpy() if "run_id" in rows else None)
+        run=rows["run_id"].astype(str).to_numpy() if "run_id" in rows else None,
+        s1=_floats(rows, "lr_area") if "lr_area" in rows else None,
+        s2=_floats(rows, "lr_anneal_area") if "lr_anneal_area" in rows else None)
     twins = ok[ok["method"] == "dense-kd"]
     if method != "dense-kd" and not twins.empty:
         # The twin is the seed mean of the dense-kd runs at the same model and budget: studies
@@ -236,6 +249,10 @@ def check_fittable(form: Form, pts: Points) -> None:
     p, name = len(form.params), form.name
     if "ldense" in form.needs and not np.isfinite(pts.ldense).all():
         raise UserError(f"form {name}: needs teacher_eval_loss (the dense teacher's loss) on every run")
+    if "areas" in form.needs and (pts.s1 is None or not np.isfinite(pts.s1).all()
+                                  or not (pts.s1 > 0).all() or not np.isfinite(pts.s2).all()):
+        raise UserError(f"form {name}: needs the learning-rate areas of every point: fit a "
+                        "castlab store with --curves (each run's curve.parquet logs its lr)")
     if "lkd" in form.needs and not np.isfinite(pts.lkd).all():
         raise UserError(f"form {name}: needs a dense-kd twin (same model, tokens, seed) for every run")
     levels = len(np.unique(pts.s))

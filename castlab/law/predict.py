@@ -183,6 +183,10 @@ class Law:
               dense_loss: float | None = None) -> Points:
         """Points to predict at: one per budget in ``tokens``."""
         form = FORMS[self.fit.form]
+        if "areas" in form.needs:
+            raise UserError(f"form {form.name} predicts checkpoints along a run's learning-rate "
+                            "schedule (their lr areas, from curve.parquet), which a budget alone "
+                            f"does not give; {self.who_predicts('budgets')}")
         d = np.atleast_1d(np.asarray(tokens, dtype=np.float64))
         k = len(d)
         if "s" in form.needs:

@@ -30,18 +30,31 @@ def synthetic_points(form_name: str, public: dict[str, float], sizes: dict[str, 
     lkd_true = np.exp(FORMS["chinchilla"].log_loss(
         FORMS["chinchilla"].internal(KD_CURVE, sc), Inputs(np.log(n), np.log(d), s, ldense, n)))
     x = Inputs(np.log(n), np.log(d), s, ldense, lkd_true)
+    if "areas" in form.needs:  # each run ends at its budget on a cosine schedule (peak lr 1)
+        x.s1, x.s2 = (np.array(v) for v in zip(*(_cosine_areas(v) for v in d), strict=True))
     y = np.empty(len(n))
     for label in dict.fromkeys(lab) if form.per_size else ["*"]:
         m = np.ones(len(n), bool) if label == "*" else lab == label
         vals = {k.split("@")[0]: v for k, v in public.items()
                 if label == "*" or k.endswith(f"@{label}")}
-        xs = Inputs(x.logn[m], x.logd[m], x.s[m], x.ldense[m], x.lkd[m])
+        xs = x.masked(m)
         y[m] = form.log_loss(form.internal(vals, sc), xs)
     loss = np.exp(y + noise * rng.standard_normal(len(y)))
     lkd = lkd_true * np.exp(noise * rng.standard_normal(len(y))) if "lkd" in form.needs \
         else np.full(len(n), np.nan)
     return Points(n=n, d=d, loss=loss, s=s, ldense=ldense, lkd=lkd,
-                  size=lab.astype(object), seed=seed.astype(int))
+                  size=lab.astype(object), seed=seed.astype(int), s1=x.s1, s2=x.s2)
+
+
+AREA_TOKENS_PER_STEP = 2048  # the synthetic lr_anneal runs: 488 steps at 1M tokens
+
+
+def _cosine_areas(d: float) -> tuple[float, float]:
+    """(S1, S2) at the end of a warmup + cosine run of ``d`` tokens (castlab.law.annealing)."""
+    from castlab.law.annealing import lr_areas
+
+    s1, s2 = lr_areas(cosine_lr(max(2, int(d / AREA_TOKENS_PER_STEP))))
+    return float(s1[-1]), float(s2[-1])
 
 
 # Laptop-ladder-like synthetic studies, one per form: 4 sizes x 8 budgets (x2 seeds), losses
@@ -66,6 +79,9 @@ CASES: dict[str, dict] = {
     "teacher_add": {"public": {"C": 1000.0, "gamma": 0.2, "beta": 0.4}, "teacher": TEACHER},
     "teacher_mul": {"public": {"C": 300.0, "gamma": 0.2, "beta": 0.4}, "teacher": TEACHER},
     "kd_ratio": {"public": {"C": 200.0, "gamma": 0.1, "beta": 0.4}},
+    "lr_anneal": {"public": _per_size({"L0": (2.0, 1.9, 1.8, 1.7), "A": (30.0,) * 4,
+                                       "alpha": (0.5, 0.5, 0.5, 0.5),
+                                       "C": (4e-4, 4e-4, 3e-4, 3e-4)})},
     "frantar": {"public": {"a_S": 300.0, "b_S": 1.5, "c_S": 100.0, "b_N": 0.4, "a_D": 2e5,
                            "b_D": 0.4, "c": 1.6},
                 "sparsities": (0.0, 0.5, 0.75, 0.875), "seeds": 1},

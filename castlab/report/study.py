@@ -19,6 +19,7 @@ import pandas as pd
 from castlab.errors import UserError
 from castlab.law import validate
 from castlab.law.bootstrap import bootstrap, param_summary
+from castlab.law.choose import candidate_forms, choose_form
 from castlab.law.fit import fit_form
 from castlab.law.points import Points, points_from_frame
 from castlab.law.predict import Law
@@ -106,7 +107,7 @@ def choose(heldout: pd.DataFrame, forms: list[str]) -> str:
     without one: the lowest mean held-out PPL ARE over the token splits among the forms scored
     on the most points."""
     try:
-        chosen = validate.choose_form(heldout, forms)
+        chosen = choose_form(heldout, forms)
         return str(chosen[0] if isinstance(chosen, tuple) else chosen)
     except TypeError:
         pass
@@ -128,7 +129,7 @@ def run_study(rows: pd.DataFrame, *, draws: int = 1000, heldout_draws: int = 200
         study.error = str(err)
         return study
     study.points = pts
-    usable, study.excluded = validate.candidate_forms(pts, forms)
+    usable, study.excluded = candidate_forms(pts, forms)
     if not usable:
         study.error = "no law form can be identified from these CAST runs"
         return study
