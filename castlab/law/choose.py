@@ -16,6 +16,7 @@ from castlab.law.bootstrap import DEFAULT_LEVEL
 from castlab.law.fit import fit_form
 from castlab.law.forms import FORMS
 from castlab.law.points import ColumnMap, Points, check_fittable, points_from_frame
+from castlab.law.targets import forms_that_can
 from castlab.law.validate import HELDOUT_DRAWS, TOKEN_SCHEMES, heldout_predictions
 
 
@@ -126,9 +127,10 @@ def fallback_form(forms) -> str:
 
 
 def candidate_forms(pts: Points, forms=None) -> tuple[list[str], dict[str, str]]:
-    """The forms ``pts`` can identify (of ``forms`` or all), and why each other one is out."""
+    """The forms ``pts`` can identify (of ``forms``, default every form that predicts new
+    budgets), and why each other one is out."""
     ok, out = [], {}
-    for name in forms or list(FORMS):
+    for name in forms or forms_that_can(("budgets",)):
         try:
             check_fittable(FORMS[name], pts)
             ok.append(name)
