@@ -185,8 +185,15 @@ def large_table(budgets: int = 600, seed: int = 0) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def run_calibration_bench(replicates: int = 100, draws: int = 100) -> list[dict]:
-    """Row per token split: coverage of 90% intervals on the synthetic calibration harness."""
+CALIBRATION_REPLICATES = 400  # 3,200 held-out runs: sd of the coverage 0.5% (800 runs: 1.1%)
+
+
+def run_calibration_bench(replicates: int = CALIBRATION_REPLICATES,
+                          draws: int = 100) -> list[dict]:
+    """Row per token split: coverage of 90% intervals on the synthetic calibration harness.
+
+    The 88-92% band needs a few thousand held-out runs to be told apart from sampling noise:
+    five 800-run samples ranged from 88.5% to 93.1% (pooled 91.15%)."""
     from castlab.law.calibration import coverage
 
     c = coverage(replicates, draws)
