@@ -5,6 +5,7 @@ stratum's count."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.optimize import minimize
 
 from castlab.law import batchfit
@@ -124,8 +125,8 @@ def test_batched_bootstrap_gives_the_intervals_of_per_draw_lbfgsb_refits():
     batched = bootstrap(fit, pts, draws=200, seed=11)
     single = bootstrap(fit, pts, draws=200, seed=11, batched=False)
     assert batched.failed == single.failed == 0 and batched.thetas.shape == (200, 1, 5)
-    q = [0.05, 0.5, 0.95]
-    for j in range(5):
+    q = [0.25, 0.5, 0.75]  # parameter tails move with a few draws in flat directions;
+    for j in range(5):  # the predictions' 5-95% band is compared below
         a, b = batched.thetas[:, 0, j], single.thetas[:, 0, j]
         np.testing.assert_allclose(np.quantile(a, q), np.quantile(b, q), atol=0.1 * b.std())
     far = pts.subset(pts.d == pts.d.max())
@@ -134,3 +135,15 @@ def test_batched_bootstrap_gives_the_intervals_of_per_draw_lbfgsb_refits():
     lo_s, hi_s = np.quantile(fit.predict_log(far, single.thetas), [0.05, 0.95], axis=0)
     np.testing.assert_allclose(np.exp(lo_b), np.exp(lo_s), rtol=2e-3)
     np.testing.assert_allclose(np.exp(hi_b), np.exp(hi_s), rtol=2e-3)
+
+
+@pytest.mark.parametrize("name", list(FORMS))
+def test_batched_start_grid_reaches_the_per_start_lbfgsb_optimum(name):
+    # the cold fit's refinements run together and L-BFGS-B finishes the best ends (fit.py): on
+    # every synthetic study the objective is the one of an L-BFGS-B run from each start, or lower
+    pts = synthetic_case(name, noise=0.01, rng_seed=5)
+    batched = fit_form(name, pts)
+    single = fit_form(name, pts, options=FitOptions(batch_starts=False))
+    assert batched.converged and batched.objective <= single.objective * (1 + 1e-6) + 1e-15
+    y, y_single = batched.predict_log(pts), single.predict_log(pts)
+    assert np.abs(np.exp(y) / np.exp(y_single) - 1).max() < 1e-4  # the same law, in loss

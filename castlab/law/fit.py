@@ -1,7 +1,8 @@
 """Robust fit of a law form: summed Huber loss on ln-loss residuals, L-BFGS-B from a start grid.
 
-The whole start grid is scored in one vectorised numpy pass; L-BFGS-B (scipy, analytic
-gradients, float64) then refines the best ``refine`` starts. A fit whose best start did not
+The whole start grid is scored in one vectorised numpy pass; the best ``refine`` starts are
+refined together by the batched solver (castlab.law.batchfit) and L-BFGS-B (scipy, analytic
+gradients, float64) finishes the best ``polish`` of their ends. A fit whose best start did not
 converge raises ``FitError`` instead of being reported.
 """
 
@@ -32,7 +33,11 @@ class FitOptions:
     """Optimiser settings (defaults are what the Epoch check and the tests use)."""
 
     delta: float = HUBER_DELTA
-    refine: int = 10  # L-BFGS-B runs from the best-scoring grid starts
+    refine: int = 10  # refinements from the best-scoring grid starts
+    # the refinements run together through the batched solver and L-BFGS-B finishes the best
+    # ``polish`` of their ends (False: one L-BFGS-B run per start, as before the batch)
+    batch_starts: bool = True
+    polish: int = 2
     maxiter: int = 5000
     ftol: float = 1e-13
     gtol: float = 1e-9
@@ -132,6 +137,13 @@ def _fit_group(form: Form, x: Inputs, y: np.ndarray, w: np.ndarray, opt: FitOpti
             scores = (w * huber(opt.delta, form.log_loss(grid, x) - y)).sum(axis=1)
         scores[~np.isfinite(scores)] = np.inf
         starts = grid[np.argsort(scores)[: opt.refine]]
+        if opt.batch_starts and len(starts) > opt.polish:
+            ends = solve_batch(form, x, y, np.repeat(w[None], len(starts), 0), starts, lo, hi,
+                               opt.delta, opt.ftol, opt.gtol)
+            keep = np.argsort(np.where(np.isfinite(ends.objective), ends.objective, np.inf))
+            # the best grid start too: along a flat valley L-BFGS-B from it walked further than
+            # from a batch end in 3 of 98 fits (objective 5e-5 - 8e-4 lower)
+            starts = np.concatenate([ends.theta[keep[: opt.polish]], starts[:1]])
     else:
         starts, grid = np.clip(theta0, lo, hi)[None], theta0[None]
     fun = _objective(form, x, y, w, opt.delta)
