@@ -73,11 +73,13 @@ def test_optimizer_ratio_agrees_with_the_times_it_prints(monkeypatch):
 
     from castlab.sparsity import bench as optbench
 
-    # per window (after 2 warm-up rounds): AdamS, AdamW(foreach), AdamW(fused) seconds per step
+    # per window (after 2 warm-up rounds): AdamS, AdamS with masked decay, AdamW(foreach),
+    # AdamW(fused) seconds per step
     adams = [0.300, 0.361, 0.500, 0.452, 0.340]
+    decayed = [0.390, 0.400, 0.600, 0.480, 0.350]
     foreach = [0.150, 0.226, 0.250, 0.226, 0.400]
     fused = [0.100, 0.120, 0.200, 0.150, 0.180]
-    script = iter([0.1] * 6 + [t for window in zip(adams, foreach, fused, strict=True)
+    script = iter([0.1] * 8 + [t for window in zip(adams, decayed, foreach, fused, strict=True)
                                  for t in window])
     monkeypatch.setattr(optbench, "_window", lambda optimizer, steps, device: next(script))
     rows = optbench.run_optimizer_bench(shapes=((4, 8),), windows=5, t1=2, device="cpu")
@@ -91,3 +93,7 @@ def test_optimizer_ratio_agrees_with_the_times_it_prints(monkeypatch):
     assert "IQR 340.0-452.0" in row["note"] and "IQR 226.0-250.0" in row["note"]
     assert "per-window ratio median 2.00 (IQR 1.60-2.00)" in row["note"]
     assert rows[1]["measured"] == pytest.approx(0.361 / 0.150, abs=1e-3)
+    # the masked decay's cost over plain AdamS, from the same interleaved windows
+    assert rows[2]["bench"] == "adams_masked_decay_step_vs_adams"
+    assert rows[2]["measured"] == pytest.approx(0.400 / 0.361, abs=1e-3)
+    assert "AdamS(masked decay) 400.0 ms" in rows[2]["note"]

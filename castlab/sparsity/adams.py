@@ -328,11 +328,15 @@ class AdamS(torch.optim.Optimizer):
 
 def _masked_shrink_(params: list[torch.Tensor], pruned: list[torch.Tensor], amount: float) -> None:
     """Soft-threshold the masked entries in place: theta <- sign(theta) * max(|theta| - amount, 0)
-    where ``pruned`` (uint8 or 0./1.) is set; kept entries are left bit for bit as they are."""
+    where ``pruned`` (uint8 or 0./1.) is set; kept entries keep their value.
+
+    Written as theta -= pruned * clamp(theta, -amount, amount): three passes, no torch.where
+    (abs, sign, where and their temporaries took ten passes and doubled the AdamS step on CPU).
+    theta - clamp(theta) is the soft threshold exactly (theta -/+ amount beyond it, 0 inside);
+    a kept entry has theta - 0 (a -0.0 there may come back as +0.0).
+    """
     for p, pr in zip(params, pruned, strict=True):
-        cut = pr.to(p.dtype) * amount
-        smaller = torch.clamp_min(p.abs() - cut, 0.0)
-        p.copy_(torch.where(pr.bool(), torch.sign(p) * smaller, p))
+        p.addcmul_(torch.clamp(p, -amount, amount), pr.to(p.dtype), value=-1.0)
 
 
 _NO_FUSED_ADAM: set[str] = set()  # device types whose torch build lacks the fused Adam kernel

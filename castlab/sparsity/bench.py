@@ -1,4 +1,5 @@
-"""Optimizer micro-benchmark: an AdamS step against a torch.optim.AdamW(foreach=True) step.
+"""Optimizer micro-benchmark: an AdamS step against a torch.optim.AdamW(foreach=True) step, and
+AdamS with the decoupled masked decay (``masked_decay_ratio``) against plain AdamS.
 
 Both optimizers update equal copies of the same matrices with the same fixed gradients, in one
 process, interleaved, so machine load affects both alike. A timed window is ``t1`` consecutive
@@ -22,6 +23,7 @@ from castlab.sparsity.adams import AdamS
 
 DEFAULT_SHAPES = ((1024, 1024), (1024, 1024), (4096, 1024), (1024, 4096))  # 10.5M params
 TARGET_RATIO = 1.25
+MASKED_DECAY_RATIO = 48.0  # the default study's recipe (sweeps/opt_family.yaml)
 
 
 def _params(shapes, device, seed) -> list[torch.nn.Parameter]:
@@ -55,8 +57,13 @@ def run_optimizer_bench(shapes=DEFAULT_SHAPES, windows: int = 7, t1: int = 10,
                   lambda_=1e-3, total_steps=total, t1=t1)
     for group in adams.param_groups:
         group["step"] = total // 2  # alpha = 0.5: the masked blend is active
+    decayed = AdamS([{"params": _params(shapes, device, seed), "sparse": True}], lr=1e-4,
+                    lambda_=1e-3, total_steps=total, t1=t1, masked_decay_ratio=MASKED_DECAY_RATIO)
+    for group in decayed.param_groups:
+        group["step"] = total // 2
     optimizers = {
         "AdamS": adams,
+        "AdamS(masked decay)": decayed,
         "AdamW(foreach)": torch.optim.AdamW(_params(shapes, device, seed), lr=1e-4, foreach=True),
         "AdamW(fused)": torch.optim.AdamW(_params(shapes, device, seed), lr=1e-4, fused=True),
     }
@@ -70,11 +77,13 @@ def run_optimizer_bench(shapes=DEFAULT_SHAPES, windows: int = 7, t1: int = 10,
     threads = torch.get_num_threads() if device.type == "cpu" else None
     where = f"{device.type}" + (f", {threads} threads" if threads else "")
     rows = []
-    for reference, bench, target in (("AdamW(foreach)", "adams_step_vs_adamw", TARGET_RATIO),
-                                     ("AdamW(fused)", "adams_step_vs_adamw_fused", None)):
-        rows.append(ratio_row(times["AdamS"], times[reference], reference, bench, target,
+    for name, reference, bench, target in (
+            ("AdamS", "AdamW(foreach)", "adams_step_vs_adamw", TARGET_RATIO),
+            ("AdamS", "AdamW(fused)", "adams_step_vs_adamw_fused", None),
+            ("AdamS(masked decay)", "AdamS", "adams_masked_decay_step_vs_adams", None)):
+        rows.append(ratio_row(times[name], times[reference], reference, bench, target,
                               f"{n_params / 1e6:.1f}M params, {where}, {windows} windows of "
-                              f"{t1} steps (mask refresh amortised)"))
+                              f"{t1} steps (mask refresh amortised)", name))
     return rows
 
 
@@ -88,7 +97,7 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def ratio_row(adams: list[float], reference: list[float], name: str, bench: str,
-              target: float | None, where: str) -> dict:
+              target: float | None, where: str, measured_name: str = "AdamS") -> dict:
     """A bench row from per-window step times (seconds): measured = median AdamS time / median
     reference time, so it agrees with the two times the note prints; the note gives each
     time's IQR and the median and IQR of the per-window ratios (windows ran interleaved)."""
@@ -102,7 +111,7 @@ def ratio_row(adams: list[float], reference: list[float], name: str, bench: str,
         "unit": "x",
         "target": target if target is not None else "",
         "ok": ratio <= target if target is not None else None,
-        "note": (f"median step AdamS {s_med:.1f} ms (IQR {s_lo:.1f}-{s_hi:.1f}) / {name} "
+        "note": (f"median step {measured_name} {s_med:.1f} ms (IQR {s_lo:.1f}-{s_hi:.1f}) / {name} "
                  f"{w_med:.1f} ms (IQR {w_lo:.1f}-{w_hi:.1f}); per-window ratio median "
                  f"{r_med:.2f} (IQR {r_lo:.2f}-{r_hi:.2f}); {where}"),
     }
