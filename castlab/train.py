@@ -487,7 +487,7 @@ def _save_checkpoint(path, model, optimizer, stream, step, train_seconds, curve,
 def _decay_budget_warning(ctx: RunContext, method, peak_lr: float, total: int) -> None:
     """Warn when the distance the masked weights were measured to move towards zero
     (sum_t lr_t * masked step / lr) is below their typical |theta| at the start."""
-    from castlab.sparsity.adams import decay_budget_warning
+    from castlab.sparsity.decay import decay_budget_warning
     from castlab.sparsity.masklife import measured_decay_distance
 
     cfg = ctx.cfg

@@ -10,7 +10,8 @@ import torch
 
 from castlab.errors import UserError
 from castlab.sparsity import adams
-from castlab.sparsity.adams import AdamS, decay_budget, decay_budget_warning, masked_kept_ratio
+from castlab.sparsity.adams import AdamS
+from castlab.sparsity.decay import decay_budget, decay_budget_warning, masked_kept_ratio
 
 
 def ref_mask(w: list[list[float]], n: int, m: int) -> list[list[bool]]:

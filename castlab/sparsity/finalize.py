@@ -16,7 +16,7 @@ from torch import nn
 
 from castlab.errors import UserError
 from castlab.models import in_scope_linears
-from castlab.sparsity.adams import masked_kept_ratio
+from castlab.sparsity.decay import masked_kept_ratio
 from castlab.sparsity.masks import (
     NMVerificationError,
     check_nm_args,

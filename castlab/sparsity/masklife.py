@@ -51,7 +51,7 @@ class MaskLife:
     def start(self, masks: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> None:
         """Remember the step-0 mask and the typical |theta| it prunes (the distance the decay
         has to cover); a no-op once known, e.g. after a resume."""
-        from castlab.sparsity.adams import typical_masked_magnitude
+        from castlab.sparsity.decay import typical_masked_magnitude
 
         if self.initial is None:
             flat = _flat(masks)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from castlab.models import in_scope_linears
-from castlab.sparsity.adams import masked_kept_ratio
+from castlab.sparsity.decay import masked_kept_ratio
 from castlab.sparsity.masks import check_nm_args, nm_mask
 from castlab.sparsity.scaling import raw_weight
 
