@@ -147,3 +147,17 @@ def test_batched_start_grid_reaches_the_per_start_lbfgsb_optimum(name):
     assert batched.converged and batched.objective <= single.objective * (1 + 1e-6) + 1e-15
     y, y_single = batched.predict_log(pts), single.predict_log(pts)
     assert np.abs(np.exp(y) / np.exp(y_single) - 1).max() < 1e-4  # the same law, in loss
+
+
+def test_a_batch_larger_than_the_memory_bound_is_solved_in_pieces_with_the_same_result(
+        monkeypatch):
+    pts, fit, w, _ = _problem("chinchilla", 30, seed=3)
+    form = FORMS["chinchilla"]
+    x, y = pts.inputs(fit.scales), np.log(pts.loss)
+    lo, hi = np.array(form.bounds(pts.loss, x)).T
+    start = np.repeat(fit.theta, len(w), 0)
+    whole = batchfit.solve(form, x, y, w, start, lo, hi, HUBER_DELTA, **TIGHT)
+    monkeypatch.setattr(batchfit, "MAX_BATCH_ELEMENTS", 7 * len(pts) * 5)  # 7 rows a piece
+    pieces = batchfit.solve(form, x, y, w, start, lo, hi, HUBER_DELTA, **TIGHT)
+    np.testing.assert_array_equal(pieces.converged, whole.converged)
+    np.testing.assert_allclose(pieces.theta, whole.theta, rtol=1e-12, atol=1e-12)

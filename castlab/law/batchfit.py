@@ -30,6 +30,7 @@ LAMBDA0 = 1.0
 MAX_STEP = 0.5  # largest move of one internal (O(1)) parameter per iteration
 LAMBDA_MAX = 1e12  # damping this large means no step lowers the objective: a stationary point
 BOUND_EPS = 1e-12
+MAX_BATCH_ELEMENTS = 1 << 22  # Jacobian entries per batch (32 MiB of float64; a few copies live)
 
 
 @dataclass
@@ -68,6 +69,13 @@ def solve(form: Form, x: Inputs, y: np.ndarray, w: np.ndarray, theta0: np.ndarra
     every row b of ``w`` (B, n) from ``theta0`` (B, p), in at most ``max_iter`` (default
     ``MAX_ITER``) iterations."""
     max_iter = MAX_ITER if max_iter is None else max_iter
+    rows = max(1, MAX_BATCH_ELEMENTS // max(1, w.shape[1] * len(lo)))
+    if len(w) > rows:  # bounded memory: a Jacobian stack of (rows, n, p) floats at a time
+        parts = [solve(form, x, y, w[k:k + rows], theta0[k:k + rows], lo, hi, delta, ftol, gtol,
+                       max_iter) for k in range(0, len(w), rows)]
+        return Batch(*(np.concatenate([getattr(b, f) for b in parts])
+                       for f in ("theta", "objective", "converged")),
+                     max(b.iterations for b in parts))
     theta = np.clip(np.array(theta0, dtype=np.float64), lo, hi)
     b_count, p = theta.shape
     f, grad, h_in, h_rw = _state(form, theta, x, y, w, delta)
