@@ -1,6 +1,6 @@
-"""castlab.law.parallel: the bootstrap and the held-out splits on several processes give exactly
-what the serial loop gives (the draws are made first, in order), and the worker count is
-validated. The comparison runs in a fresh interpreter: a process with torch loaded, as this test
+"""castlab.law.parallel: the bootstrap (its batch split over processes) and the held-out splits
+on several processes give exactly what the serial loop gives (the draws are made first, in
+order), and the worker count is validated. The comparison runs in a fresh interpreter: a process with torch loaded, as this test
 session is, stays serial on purpose."""
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from castlab.law.synthetic import synthetic_case
 from castlab.law.validate import heldout_predictions
 
 assert "torch" not in sys.modules
+import castlab.law.bootstrap as B
+B.PARALLEL_MIN_WORK = 1  # split even this small batch over the worker processes
 pts = synthetic_case("power_d", noise=0.01, rng_seed=3)
 fit = fit_form("power_d", pts)
 boot = bootstrap(fit, pts, draws=240, seed=5)

@@ -234,9 +234,32 @@ def _unbatched(fit, pts, w, jitter, dense_jitter, opt, slow: list[int], chosen: 
             sum(c is None for c in chosen))
 
 
+PARALLEL_MIN_WORK = 1_000_000  # draws x points from which a batch is split over the cores
+
+
 def _batch(fit: Fit, pts: Points, w, theta0, dense0, opt: FitOptions, polish=True) -> Refits:
+    """``refit_many`` on the draws ``w``; a large batch (a big table: numpy-bound, not
+    overhead-bound) is split over the cores, each draw refitted exactly as in one batch."""
+    k = workers() if len(w) * len(pts) >= PARALLEL_MIN_WORK else 1
+    if k <= 1:
+        with single_thread_blas():
+            return refit_many(fit, pts, w, theta0, opt, dense0, polish)
+    jobs = [(fit, pts, w[i], theta0[i], None if dense0 is None else dense0[i], opt, polish)
+            for i in (np.asarray(c, dtype=np.int64) for c in chunks(range(len(w)), k))]
+    return _joined(map_in_order(_batch_job, jobs, k))
+
+
+def _batch_job(job) -> Refits:
+    fit, pts, w, theta0, dense0, opt, polish = job
     with single_thread_blas():
         return refit_many(fit, pts, w, theta0, opt, dense0, polish)
+
+
+def _joined(parts: list[Refits]) -> Refits:
+    """One Refits of the pieces' draws, in order."""
+    dense = None if parts[0].dense is None else _joined([p.dense for p in parts])
+    return Refits(*(np.concatenate([getattr(p, f) for p in parts])
+                    for f in ("theta", "objective", "converged")), dense)
 
 
 def _pick(r: Refits, b: int) -> tuple:
