@@ -117,12 +117,12 @@ def solve(form: Form, x: Inputs, y: np.ndarray, w: np.ndarray, theta0: np.ndarra
         size = np.abs(step).max(axis=1, keepdims=True)
         step = step * np.minimum(1.0, MAX_STEP / np.maximum(size, 1e-300))
         trial = np.clip(th + step, lo, hi)
-        f_new, g_new, hi_new, hr_new = _state(form, trial, x, y, w[idx], delta)
+        f_new, g_new, h_in_new, h_rw_new = _state(form, trial, x, y, w[idx], delta)
         f_old = f[idx]
         better = f_new < f_old
         acc = idx[better]
         theta[acc], f[acc], grad[acc] = trial[better], f_new[better], g_new[better]
-        h_in[acc], h_rw[acc] = hi_new[better], hr_new[better]
+        h_in[acc], h_rw[acc] = h_in_new[better], h_rw_new[better]
         drop = f_old[better] - f_new[better]
         # a tiny drop ends the search only after a Newton-like (lightly damped) step
         flat = (drop <= ftol * np.maximum(np.maximum(np.abs(f_old[better]), np.abs(f_new[better])),

@@ -2,8 +2,8 @@
 
 The whole start grid is scored in one vectorised numpy pass; the best ``refine`` starts are
 refined together by the batched solver (castlab.law.batchfit) and L-BFGS-B (scipy, analytic
-gradients, float64) finishes the best ``polish`` of their ends. A fit whose best start did not
-converge raises ``FitError`` instead of being reported.
+gradients, float64) finishes the best ``polish`` of their ends and the best grid start. A fit
+whose best start did not converge raises ``FitError`` instead of being reported.
 """
 
 from __future__ import annotations
