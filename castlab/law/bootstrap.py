@@ -242,8 +242,7 @@ def _batch(fit: Fit, pts: Points, w, theta0, dense0, opt: FitOptions, polish=Tru
     overhead-bound) is split over the cores, each draw refitted exactly as in one batch."""
     k = workers() if len(w) * len(pts) >= PARALLEL_MIN_WORK else 1
     if k <= 1:
-        with single_thread_blas():
-            return refit_many(fit, pts, w, theta0, opt, dense0, polish)
+        return _batch_job((fit, pts, w, theta0, dense0, opt, polish))
     jobs = [(fit, pts, w[i], theta0[i], None if dense0 is None else dense0[i], opt, polish)
             for i in (np.asarray(c, dtype=np.int64) for c in chunks(range(len(w)), k))]
     return _joined(map_in_order(_batch_job, jobs, k))

@@ -88,13 +88,19 @@ class Fit:
             x.lkd = np.exp(self.dense.predict_log(pts, dense_theta))
         batch = theta.shape[:-2]
         out = np.full(batch + (len(pts),), np.nan)
-        for g, label in enumerate(self.groups):
-            m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
+        for g, _, m, xs in by_group(self.groups, pts, x):
             if not m.any():
                 continue
-            xs = x.masked(m)
             out[..., m] = form.log_loss(theta[..., g, :], xs)
         return out
+
+
+def by_group(groups: list[str], pts: Points, x: Inputs):
+    """(index, label, mask, inputs) of each parameter group's points: one group '*' of every
+    point for a joint form, one per size label for a per-size form."""
+    for g, label in enumerate(groups):
+        m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
+        yield g, label, m, x.masked(m)
 
 
 def single_thread_blas():
@@ -189,9 +195,7 @@ def refit_many(fit: Fit, pts: Points, weights: np.ndarray, theta0: np.ndarray,
     x, y = pts.inputs(fit.scales), np.log(pts.loss)
     theta = np.array(theta0, dtype=np.float64)
     objective, ok = np.zeros(len(weights)), np.ones(len(weights), bool)
-    for g, label in enumerate(fit.groups):
-        m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
-        xs = x.masked(m)
+    for g, _, m, xs in by_group(fit.groups, pts, x):
         lo, hi = np.array(form.bounds(np.exp(y[m]), xs), dtype=np.float64).T
         res = solve_batch(form, xs, y[m], weights[:, m], theta[:, g], lo, hi, opt.delta,
                           opt.ftol, opt.gtol)
@@ -234,9 +238,7 @@ def _fit_form(form_name, pts, weights, warm, scales, options) -> Fit:
     x, y = pts.inputs(sc), np.log(pts.loss)
     groups = list(dict.fromkeys(pts.size)) if form.per_size else ["*"]
     thetas, total, n_starts, msgs, ok, bound = [], 0.0, 0, [], True, []
-    for g, label in enumerate(groups):
-        m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
-        xs = x.masked(m)
+    for g, label, m, xs in by_group(groups, pts, x):
         res, k = _fit_group(form, xs, y[m], w[m], opt, None if theta0 is None else theta0[g])
         if warm is None:  # a parameter on its box bound was not identified by the data
             bound += [k_ if label == "*" else f"{k_}@{label}"
@@ -284,9 +286,7 @@ def point_objectives(fit: Fit, pts: Points, delta: float = HUBER_DELTA) -> np.nd
     form = FORMS[fit.form]
     x, y = pts.inputs(fit.scales), np.log(pts.loss)
     out = np.zeros(len(pts))
-    for g, label in enumerate(fit.groups):
-        m = np.ones(len(pts), bool) if label == "*" else (pts.size == label)
-        xs = x.masked(m)
+    for g, _, m, xs in by_group(fit.groups, pts, x):
         out[m] = huber(delta, form.log_loss(fit.theta[g], xs) - y[m])
     return out
 
