@@ -15,6 +15,7 @@ from castlab.cli import main
 from castlab.law.annealing import ANNEAL_DECAY, areas_at, lr_areas
 from castlab.law.curves import with_curves
 from castlab.law.points import points_from_frame, read_table
+from castlab.law.predict import Law
 
 LONG = Path(__file__).resolve().parents[1] / "results" / "reference" / "opt600k_long"
 QUICK = ["--draws", "100", "--heldout-draws", "20", "--no-plots"]
@@ -71,6 +72,11 @@ def test_fit_law_fits_the_schedule_form_for_checkpoints_only(long_store, tmp_pat
     law = json.loads((tmp_path / "law" / "law.json").read_text())
     assert law["form"] == "lr_anneal" and law["predict_for"] == ["checkpoints"]
     assert {"L0@opt-600k", "A@opt-600k", "alpha@opt-600k", "C@opt-600k"} <= set(law["params"])
+    # the lr-area scale a0 travels with the law: A and C read back as they were fitted
+    loaded = Law.load(tmp_path / "law" / "law.json")
+    assert loaded.fit.scales.a0 != 1.0
+    for name, value in loaded.fit.params().items():
+        assert value == pytest.approx(law["params"][name]["value"], rel=1e-12), name
     # a budget alone has no lr areas: predict refuses and names the forms that can
     assert main(["predict", "--law", str(tmp_path / "law" / "law.json"), "--model", "opt-600k",
                  "--tokens", "1M"]) == 2

@@ -73,8 +73,9 @@ def check_fit(path: Path, d: object, field: str = "fit", nested: bool = False) -
         raise _fail(path, f"{field}.groups", groups, "a non-empty list of size labels")
     _matrix(path, f"{field}.theta", d["theta"], (len(groups), len(FORMS[d["form"]].params)))
     scales = _dict(path, f"{field}.scales", d["scales"], ("n0", "d0"))
-    for key in ("n0", "d0"):
-        _number(path, f"{field}.scales.{key}", scales[key], low=1e-300, high=1e300)
+    for key in ("n0", "d0", "a0"):
+        if key in scales or key != "a0":  # a0: only in laws written since the lr areas
+            _number(path, f"{field}.scales.{key}", scales[key], low=1e-300, high=1e300)
     if not isinstance(d["converged"], bool):
         raise _fail(path, f"{field}.converged", d["converged"], "true or false")
     _number(path, f"{field}.n_points", d["n_points"], low=0, integer=True)

@@ -32,7 +32,8 @@ def fit_to_json(fit: Fit) -> dict:
     """Plain-data form of a Fit (recursive for kd_gap's dense-kd curve)."""
     return {"form": fit.form, "params": fit.params(), "theta": fit.theta.tolist(),
             "on_bound": fit.on_bound,
-            "groups": fit.groups, "scales": {"n0": fit.scales.n0, "d0": fit.scales.d0},
+            "groups": fit.groups,
+            "scales": {"n0": fit.scales.n0, "d0": fit.scales.d0, "a0": fit.scales.a0},
             "objective": fit.objective, "converged": fit.converged, "message": fit.message,
             "n_points": fit.n_points, "starts": fit.starts, "seconds": fit.seconds,
             "dense": fit_to_json(fit.dense) if fit.dense else None}
@@ -48,7 +49,9 @@ def fit_from_json(d: dict) -> Fit:
         raise ValueError(f"theta of shape {theta.shape} does not fit form {d['form']} "
                          f"({len(FORMS[d['form']].params)} parameters x {len(groups)} groups)")
     return Fit(d["form"], theta, groups,
-               Scales(d["scales"]["n0"], d["scales"]["d0"]), d["objective"], d["converged"],
+               # a0 (the lr-area scale) is absent from laws written before it existed: 1
+               Scales(d["scales"]["n0"], d["scales"]["d0"], d["scales"].get("a0", 1.0)),
+               d["objective"], d["converged"],
                d["message"], d["n_points"], d["starts"], d["seconds"],
                fit_from_json(d["dense"]) if d.get("dense") else None,
                {"on_bound": list(d.get("on_bound", []))} if d.get("on_bound") else {})
