@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from castlab.cli import main
+from castlab.errors import UserError
 from castlab.law.annealing import ANNEAL_DECAY, areas_at, lr_areas
 from castlab.law.curves import with_curves
 from castlab.law.points import points_from_frame, read_table
@@ -99,3 +100,28 @@ def test_schedule_form_refusals_name_the_cause(long_store, tmp_path, capsys, arg
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_curves_of_untrusted_rows_are_found_by_plain_run_id_and_read_bounded(long_store,
+                                                                              monkeypatch):
+    import castlab.law.curves as curves
+
+    rows = read_table(long_store)
+    cast = rows.index[rows["method"] == "cast"]
+    # a run id that is a path, pointing at a real curve outside the store: not followed
+    outside = long_store.parent / "outside"
+    shutil.copytree(long_store / rows.loc[cast[0], "run_id"], outside)
+    odd = rows.copy()
+    odd.loc[cast[0], "run_id"] = "../outside"
+    got = with_curves(long_store, odd, "cast")
+    assert (got["run_id"] == "../outside").sum() == 1  # its row alone, no checkpoints
+    assert np.isnan(got.loc[got["run_id"] == "../outside", "lr_area"]).all()
+    # a curve over the size bound, and a damaged one: one line naming the file
+    monkeypatch.setattr(curves, "MAX_CURVE_BYTES", 100)
+    with pytest.raises(UserError, match=r"--curves: .*curve.parquet is [\d,]+ bytes, allowed at "
+                                        r"most 100"):
+        with_curves(long_store, rows, "cast")
+    monkeypatch.setattr(curves, "MAX_CURVE_BYTES", 256 * 2**20)
+    (long_store / rows.loc[cast[1], "run_id"] / "curve.parquet").write_bytes(b"PAR1 not parquet")
+    with pytest.raises(UserError, match=r"--curves: .*curve.parquet: not a readable parquet"):
+        with_curves(long_store, rows, "cast")

@@ -16,6 +16,7 @@ import pandas as pd
 
 from castlab.errors import UserError
 from castlab.law.annealing import areas_at
+from castlab.paths import is_plain_name, read_regular_file
 
 CURVE_FILE = "curve.parquet"  # castlab.store.CURVE_FILE (not imported: keeps the law light)
 
@@ -32,10 +33,13 @@ def with_curves(results: str | Path, rows: pd.DataFrame, method: str) -> pd.Data
     extra, found = [], 0
     keep = rows[(rows["status"] == "ok") & (rows["method"] == method)]
     for i, row in keep.iterrows():
+        # rows may come from elsewhere: a run id names a folder only as one plain path part
+        if not is_plain_name(str(row["run_id"])):
+            continue
         path = root / str(row["run_id"]) / CURVE_FILE
         if not path.exists():
             continue
-        curve = pd.read_parquet(path)
+        curve = _read_curve(path)
         if "eval_loss" not in curve or "tokens" not in curve:
             continue
         ev = curve[curve["eval_loss"].notna() & (curve["tokens"] < float(row["tokens"]))]
@@ -54,6 +58,22 @@ def with_curves(results: str | Path, rows: pd.DataFrame, method: str) -> pd.Data
     if not extra:
         return rows
     return pd.concat([rows, pd.DataFrame(extra)], ignore_index=True)
+
+
+MAX_CURVE_BYTES = 256 * 2**20  # a curve logs ~10 columns per step: a 1M-step run is ~100 MiB
+
+
+def _read_curve(path: Path) -> pd.DataFrame:
+    """One run's curve.parquet, bounded before reading (a device or FIFO refused at once); a
+    damaged file is a one-line UserError naming it."""
+    import io
+
+    data = read_regular_file(path, "--curves", MAX_CURVE_BYTES)
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise UserError(f"--curves: {path}: not a readable parquet file "
+                        f"({str(err).splitlines()[0][:120]})") from None
 
 
 def _areas(curve: pd.DataFrame, ev: pd.DataFrame):
